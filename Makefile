@@ -1,0 +1,39 @@
+# Set-up is two commands on a fresh machine, as root: `make demo` and `make test`.
+# Both install what they need: Debian packages, a virtualenv with pinned packages.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(abspath $(VENV))/bin/python
+APT_PACKAGES := iproute2 iptables containernetworking-plugins golang-go golang-github-appc-cni-dev \
+	qemu-system-x86 linux-image-amd64 busybox-static tcpdump
+
+.PHONY: setup test demo bench chaos clean-net
+
+setup: $(VENV)/.installed .apt-installed
+
+.apt-installed:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==26.3
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m cloud.emulator.demo
+
+bench: setup
+	$(PY) -m bench.run
+
+chaos: setup
+	$(PY) -m pytest -q tests -m chaos

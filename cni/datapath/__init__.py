@@ -1,0 +1,90 @@
+"""The pod datapath, run by the agent (never by the CNI executable): ENI links found by
+MAC, veth or ipvlan wiring of pods with policy routing, host sysctls and SNAT.
+
+Public contract used by ``ipam_daemon``:
+
+    ensure_eni(eni: EniLink) -> str                 find the link by MAC, set MTU, bring it up,
+                                                    own its route table; returns the link name
+    setup_pod(pod: PodSpec) -> WiredPod             wire one pod, all-or-nothing
+    teardown_pod(pod: PodSpec) -> None              idempotent; missing netns/link/rule is fine
+    check_pod(pod: PodSpec) -> list[str]            what is missing or wrong, [] when all good
+    ensure_host_sysctls() -> None
+    ensure_snat(cfg: SnatConfig) -> None / remove_snat() -> None
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Mode(str, Enum):
+    VETH = "veth"
+    IPVLAN = "ipvlan"
+
+
+class DatapathError(Exception):
+    """Wiring failed; the message names the step and the object."""
+
+
+class NetnsMissing(DatapathError):
+    """The pod's network namespace does not exist."""
+
+
+LINK_LOCAL_GW = "169.254.1.1"
+RULE_PRIO_TO_POD = 512
+RULE_PRIO_FROM_POD = 1536
+HOST_VETH_PREFIX = "ulay"
+
+
+@dataclass(frozen=True)
+class EniLink:
+    """What the datapath needs to know of one attached ENI."""
+
+    mac: str
+    device_index: int
+    subnet_cidr: str
+    gateway: str
+    mtu: int = 9001
+
+    @property
+    def table(self) -> int:
+        """Route table of the ENI: device index + 1, as AWS VPC CNI does."""
+        return self.device_index + 1
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    container_id: str
+    ifname: str
+    netns: str  # path, e.g. /var/run/netns/x or /proc/<pid>/ns/net
+    pod_ip: str
+    eni: EniLink
+    mode: Mode = Mode.VETH
+    mtu: int = 9001
+    pod_namespace: str = ""
+    pod_name: str = ""
+
+    @property
+    def host_ifname(self) -> str:
+        """4-char prefix + 11 hex chars of sha1 of the pod (or the attachment): 15 chars."""
+        if self.pod_namespace and self.pod_name:
+            key = f"{self.pod_namespace}.{self.pod_name}"
+        else:
+            key = f"{self.container_id}.{self.ifname}"
+        return HOST_VETH_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:11]
+
+
+@dataclass(frozen=True)
+class WiredPod:
+    host_ifname: str
+    pod_mac: str
+    pod_ifindex: int
+
+
+@dataclass(frozen=True)
+class SnatConfig:
+    primary_ip: str
+    vpc_cidrs: tuple[str, ...]
+    excluded_cidrs: tuple[str, ...] = ()
+    enabled: bool = True
