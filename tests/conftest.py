@@ -1,0 +1,42 @@
+"""Suite-wide guard: the machine's root network namespace must look after the suite as it
+did before it (no new links, addresses, routes, rules or namespaces)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+
+def _snapshot() -> dict[str, str]:
+    def run(*args: str) -> str:
+        return subprocess.run(args, capture_output=True, text=True, check=False).stdout
+
+    return {
+        "links": run("ip", "-o", "link", "show"),
+        "addresses": run("ip", "-o", "addr", "show"),
+        "routes": run("ip", "route", "show", "table", "all"),
+        "rules": run("ip", "rule", "show"),
+        "netns": run("ip", "netns", "list"),
+    }
+
+
+def _normalise(kind: str, text: str) -> set[str]:
+    lines = set()
+    for line in text.splitlines():
+        if kind == "links":
+            # counters and state flags change by themselves; keep name and type
+            parts = line.split(":")
+            line = parts[1].strip() if len(parts) > 1 else line
+        if kind == "addresses" and "valid_lft" in line:
+            line = line.split("valid_lft")[0]
+        lines.add(line.strip())
+    return lines
+
+
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_untouched():
+    before = {k: _normalise(k, v) for k, v in _snapshot().items()}
+    yield
+    after = {k: _normalise(k, v) for k, v in _snapshot().items()}
+    added = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+    assert not added, f"the suite left things in the root network namespace: {added}"
