@@ -1,0 +1,103 @@
+"""The one way into a network namespace.
+
+Two context managers:
+
+- ``open_netns(path)`` yields a pyroute2 ``NetNS`` handle whose netlink socket lives in the
+  namespace at ``path``. It is always opened with ``flags=0``: pyroute2's default
+  (``os.O_CREAT``) would *create* a missing namespace, which on DEL would conjure up an
+  empty namespace for a pod that is already gone.
+- ``entered_netns(path)`` switches the *current thread* into the namespace with setns(2)
+  (Python 3.11 has no ``os.setns``; we call libc through ctypes) and always switches back.
+  Use it for things that only act on the caller's namespace: sysctl writes under
+  /proc/sys/net, subprocesses such as iptables (a child inherits the thread's namespace),
+  sockets created for probing.
+
+Both raise ``NetnsMissing`` naming the path when the namespace does not exist.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from cni.datapath import DatapathError, NetnsMissing
+
+logger = logging.getLogger(__name__)
+
+CLONE_NEWNET = 0x40000000
+_THREAD_NETNS = "/proc/thread-self/ns/net"
+
+_libc: Any = None
+
+
+def _load_libc() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
+def _setns(fd: int, what: str) -> None:
+    if _load_libc().setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EINVAL:
+            raise DatapathError(f"{what} is not a network namespace")
+        raise DatapathError(f"setns into {what} failed: {os.strerror(err)}")
+
+
+def _open_ns_fd(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsMissing(f"network namespace {path} does not exist") from None
+    except OSError as exc:
+        raise DatapathError(f"cannot open network namespace {path}: {exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def entered_netns(path: str) -> Iterator[None]:
+    """Run the body with the current thread inside the namespace at ``path``."""
+    target = _open_ns_fd(path)
+    try:
+        saved = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(target)
+        raise
+    try:
+        try:
+            _setns(target, path)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            # Going back must not fail silently: a thread stranded in a pod namespace
+            # would wire the next pod in the wrong place.
+            _setns(saved, "the thread's original namespace")
+    finally:
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def open_netns(path: str) -> Iterator[Any]:
+    """Yield a pyroute2 handle for the namespace at ``path``; never creates it."""
+    from pyroute2 import NetNS  # imported here: keep ``import cni.datapath.netns`` cheap
+
+    if not os.path.exists(path):
+        raise NetnsMissing(f"network namespace {path} does not exist")
+    try:
+        handle = NetNS(path, flags=0)
+    except FileNotFoundError:
+        # deleted between the check and the open
+        raise NetnsMissing(f"network namespace {path} does not exist") from None
+    except OSError as exc:
+        raise DatapathError(f"cannot open network namespace {path}: {exc}") from None
+    try:
+        yield handle
+    finally:
+        handle.close()
