@@ -1,0 +1,227 @@
+"""Agent configuration: one frozen dataclass, parsed once from a JSON file (the ConfigMap)
+with ``UNDERLAY_<KEY>`` environment overrides, validated with messages that name the key
+and the bad value. Nothing else in the agent reads the environment.
+
+Defaults, and why they differ from AWS VPC CNI's:
+
+- ``warm_ips=2``, ``warm_enis=0``: AWS defaults to WARM_ENI_TARGET=1, which holds a whole
+  ENI's worth of idle IPs per node (9 on an m5.large, 49 on an m5.24xlarge) and drains small
+  subnets. Two warm IPs cover a burst of two pods without a cloud call; the pool refills in
+  the background in one batched call, and a borrow that finds the pool empty waits a bounded
+  time (``borrow_wait_seconds``) for that refill instead of failing.
+- ``cooldown_seconds=30``: as AWS, but cooling IPs never count as available and the
+  cooldown survives a restart (it is persisted as a wall-clock time).
+- ``shrink_interval=30``, ``eni_min_age=60``, ``subnet_full_backoff=120``,
+  ``reconcile_interval=60``, ``leaked_eni_age=300``: AWS's intervals, which are reasonable.
+- ``pool_interval=5``: the loop also wakes at once when a borrow drops the pool below
+  target, so the interval only bounds how late a missed wake-up is noticed.
+- ``batch_size=16``: at most this many IPs per AssignPrivateIpAddresses / pre-filled
+  CreateNetworkInterface call; the pool never asks for more than it is short.
+
+Per-node overrides (from Kubernetes later) go through :func:`apply_overrides`, which
+validates exactly as the file does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "UNDERLAY_"
+DATAPATHS = ("veth", "ipvlan", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names key and value."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    cluster: str = "underlay"
+    node_name: str = ""
+    instance_id: str = ""
+    region: str = "us-east-1"
+    cloud_endpoint: str = ""
+    warm_ips: int = 2
+    min_ips: int = 0
+    max_ips: int = 0  # 0: as many as the instance holds
+    warm_enis: int = 0
+    max_enis: int = 0  # 0: the instance type's limit
+    cooldown_seconds: float = 30.0
+    batch_size: int = 16
+    subnets: tuple[str, ...] = ()  # empty: the primary ENI's subnet
+    security_groups: tuple[str, ...] = ()  # empty: the primary ENI's groups
+    datapath: str = "veth"
+    mtu: int = 9001
+    snat: bool = True
+    snat_excluded_cidrs: tuple[str, ...] = ()
+    socket_path: str = "/run/underlay/agent.sock"
+    state_path: str = "/var/lib/underlay/ipam.db"
+    status_address: str = "127.0.0.1"
+    status_port: int = 61680  # 0: any free port (tests)
+    pool_interval: float = 5.0
+    shrink_interval: float = 30.0
+    reconcile_interval: float = 60.0
+    eni_min_age: float = 60.0
+    leaked_eni_age: float = 300.0
+    leaked_eni_interval: float = 3600.0
+    borrow_wait_seconds: float = 10.0
+    subnet_full_backoff: float = 120.0
+    cloud_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def ipam_only(self) -> bool:
+        return self.datapath == "none"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
+_INT_KEYS = {"warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_size", "mtu",
+             "status_port"}
+_FLOAT_KEYS = {"cooldown_seconds", "pool_interval", "shrink_interval", "reconcile_interval",
+               "eni_min_age", "leaked_eni_age", "leaked_eni_interval", "borrow_wait_seconds",
+               "subnet_full_backoff", "cloud_timeout"}
+_LIST_KEYS = {"subnets", "security_groups", "snat_excluded_cidrs"}
+_BOOL_KEYS = {"snat"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a file or environment value into the field's type, or name what is wrong."""
+    if key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if key in _FLOAT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
+    if key in _BOOL_KEYS:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{key}: expected on/off (true/false), got {value!r}")
+    if key in _LIST_KEYS:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _flatten_snat(raw: dict[str, Any]) -> dict[str, Any]:
+    """``"snat": {"enabled": .., "excluded_cidrs": [..]}`` is accepted as well as a bool."""
+    snat = raw.get("snat")
+    if isinstance(snat, dict):
+        unknown = set(snat) - {"enabled", "excluded_cidrs"}
+        if unknown:
+            raise ConfigError(f"snat: unknown keys {sorted(unknown)}")
+        raw = {k: v for k, v in raw.items() if k != "snat"}
+        if "enabled" in snat:
+            raw["snat"] = snat["enabled"]
+        if "excluded_cidrs" in snat:
+            raw["snat_excluded_cidrs"] = snat["excluded_cidrs"]
+    return raw
+
+
+def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Build a validated config from a mapping plus ``UNDERLAY_<KEY>`` overrides."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"configuration: expected a JSON object, got {type(raw).__name__}")
+    values = _flatten_snat(dict(raw))
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    for name, text in (env or {}).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key in _FIELDS:
+            values[key] = text
+    coerced = {k: _coerce(k, v) for k, v in values.items()}
+    config = AgentConfig(**coerced)
+    validate_config(config)
+    return config
+
+
+def _require(cond: bool, key: str, value: Any, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate_config(c: AgentConfig) -> None:
+    for key in ("warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis"):
+        _require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
+    _require(c.batch_size >= 1, "batch_size", c.batch_size, "must be >= 1")
+    if c.max_ips:
+        _require(c.min_ips <= c.max_ips, "min_ips", c.min_ips,
+                 f"must not exceed max_ips={c.max_ips}")
+        _require(c.warm_ips <= c.max_ips, "warm_ips", c.warm_ips,
+                 f"must not exceed max_ips={c.max_ips}")
+    for key in _FLOAT_KEYS:
+        _require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0 seconds")
+    for key in ("pool_interval", "reconcile_interval", "cloud_timeout"):
+        _require(getattr(c, key) > 0, key, getattr(c, key), "must be > 0 seconds")
+    _require(c.datapath in DATAPATHS, "datapath", c.datapath, f"must be one of {DATAPATHS}")
+    _require(576 <= c.mtu <= 9001, "mtu", c.mtu, "must be between 576 and 9001")
+    _require(0 <= c.status_port <= 65535, "status_port", c.status_port, "not a port number")
+    _require(c.status_address in ("127.0.0.1", "::1", "localhost"), "status_address",
+             c.status_address, "the status endpoint binds loopback only")
+    _require(bool(c.cluster) and len(c.cluster) <= 128, "cluster", c.cluster,
+             "must be a non-empty name (it tags our ENIs)")
+    _require(bool(c.socket_path), "socket_path", c.socket_path, "must be a path")
+    _require(bool(c.state_path), "state_path", c.state_path, "must be a path")
+    _require(c.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
+             c.log_level, "must be DEBUG, INFO, WARNING or ERROR")
+    for cidr in c.snat_excluded_cidrs:
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError:
+            raise ConfigError(f"snat_excluded_cidrs: {cidr!r} is not a CIDR") from None
+    for sub in c.subnets:
+        _require(sub.startswith("subnet-"), "subnets", sub, "expected a subnet id (subnet-...)")
+    for sg in c.security_groups:
+        _require(sg.startswith("sg-"), "security_groups", sg, "expected a group id (sg-...)")
+
+
+def load_config(path: str | os.PathLike[str] | None,
+                env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read the JSON file at ``path`` (none: defaults) and apply the environment."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        try:
+            raw = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid JSON ({exc})") from None
+    return parse_config(raw, os.environ if env is None else env)
+
+
+def apply_overrides(config: AgentConfig, overrides: Mapping[str, Any]) -> AgentConfig:
+    """Per-node overrides (subnets, security groups, pool targets) merged over ``config``
+    and validated; used by the Kubernetes module once node identity comes from the API."""
+    values = {k: getattr(config, k) for k in _FIELDS}
+    values.update(_flatten_snat(dict(overrides)))
+    return parse_config(values, {})

@@ -1,0 +1,388 @@
+"""The node's IPAM state in SQLite (WAL mode): ENIs, their secondary addresses and the
+allocations, keyed by (network, container id, ifname). The store owns state and nothing
+else: no netlink, no cloud calls.
+
+Every borrow and every release is ONE ``BEGIN IMMEDIATE`` transaction, committed (with
+``synchronous=FULL``) before the caller answers, so a process killed at any instant leaves
+either the whole change or none of it.
+
+Address states::
+
+    free       can be borrowed
+    assigned   held by exactly one allocation
+    cooling    released; not borrowable (and not "available") until ``cooldown_until``,
+               a wall-clock time that survives restarts
+    releasing  being given back to the cloud by the pool loop; never borrowable
+
+Cooling addresses whose time has passed are borrowable; the counts treat them as free.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FREE, ASSIGNED, COOLING, RELEASING = "free", "assigned", "cooling", "releasing"
+
+
+@dataclass(frozen=True)
+class AllocationKey:
+    network: str
+    container_id: str
+    ifname: str
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    netns: str = ""
+
+
+@dataclass(frozen=True)
+class EniRecord:
+    id: str
+    mac: str
+    subnet_id: str
+    subnet_cidr: str
+    device_index: int
+    primary_ip: str
+    is_primary: bool
+    created_at: float
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class Allocation:
+    key: AllocationKey
+    ip: str
+    eni_id: str
+    pod: PodInfo
+    created_at: float
+    lost: bool = False  # the cloud no longer has this address (see reconcile)
+
+
+@dataclass(frozen=True)
+class AddressRow:
+    ip: str
+    eni_id: str
+    state: str
+    cooldown_until: float
+
+
+@dataclass(frozen=True)
+class EniUsage:
+    """Per-ENI counts at one instant (cooling past its time counts as free)."""
+
+    eni: EniRecord
+    free: int
+    assigned: int
+    cooling: int
+    releasing: int
+
+    @property
+    def total(self) -> int:
+        return self.free + self.assigned + self.cooling + self.releasing
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE enis (
+        id TEXT PRIMARY KEY, mac TEXT NOT NULL, subnet_id TEXT NOT NULL,
+        subnet_cidr TEXT NOT NULL, device_index INTEGER NOT NULL, primary_ip TEXT NOT NULL,
+        is_primary INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+        deleting INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE addresses (
+        ip TEXT PRIMARY KEY,
+        eni_id TEXT NOT NULL REFERENCES enis(id),
+        state TEXT NOT NULL CHECK (state IN ('free', 'assigned', 'cooling', 'releasing')),
+        cooldown_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX addresses_by_state ON addresses(state, eni_id);
+    CREATE TABLE allocations (
+        network TEXT NOT NULL, container_id TEXT NOT NULL, ifname TEXT NOT NULL,
+        ip TEXT NOT NULL, eni_id TEXT NOT NULL,
+        pod_namespace TEXT NOT NULL DEFAULT '', pod_name TEXT NOT NULL DEFAULT '',
+        pod_uid TEXT NOT NULL DEFAULT '', netns TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL, lost INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (network, container_id, ifname)
+    );
+    CREATE UNIQUE INDEX allocations_one_per_ip ON allocations(ip) WHERE lost = 0;
+    """,
+)
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store:
+    """Thread-safe: one connection guarded by a lock; every public call is a transaction."""
+
+    def __init__(self, path: str | Path, *, clock=time.time) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(f"{self.path}: schema version {version} is newer than this "
+                                 f"agent ({len(MIGRATIONS)}); refusing to touch it")
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+                logger.info("state %s migrated to schema %d", self.path, number + 1)
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    # ---- borrow / release -------------------------------------------------------------
+
+    def borrow(self, key: AllocationKey, pod: PodInfo) -> Allocation | None:
+        """The allocation for ``key``: the existing one (idempotent) or a new one on a free
+        address (lowest device index first, so higher ENIs drain). None when none is free."""
+        now = self._clock()
+        with self._tx() as db:
+            existing = self._get_allocation(db, key)
+            if existing is not None:
+                return existing
+            row = db.execute(
+                "SELECT a.ip, a.eni_id FROM addresses a JOIN enis e ON e.id = a.eni_id"
+                " WHERE e.deleting = 0 AND (a.state = 'free' OR"
+                " (a.state = 'cooling' AND a.cooldown_until <= ?))"
+                " ORDER BY e.device_index, a.state = 'cooling', a.ip LIMIT 1", (now,)
+            ).fetchone()
+            if row is None:
+                return None
+            ip, eni_id = row
+            db.execute("UPDATE addresses SET state = 'assigned', cooldown_until = 0"
+                       " WHERE ip = ?", (ip,))
+            db.execute(
+                "INSERT INTO allocations (network, container_id, ifname, ip, eni_id,"
+                " pod_namespace, pod_name, pod_uid, netns, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.network, key.container_id, key.ifname, ip, eni_id, pod.namespace,
+                 pod.name, pod.uid, pod.netns, now))
+            return Allocation(key, ip, eni_id, pod, now)
+
+    def release(self, key: AllocationKey, cooldown: float) -> Allocation | None:
+        """Remove the allocation; its address cools for ``cooldown`` seconds. Unknown key:
+        None (releasing twice is success)."""
+        now = self._clock()
+        with self._tx() as db:
+            existing = self._get_allocation(db, key)
+            if existing is None:
+                return None
+            db.execute("DELETE FROM allocations WHERE network = ? AND container_id = ?"
+                       " AND ifname = ?", (key.network, key.container_id, key.ifname))
+            if not existing.lost:
+                db.execute("UPDATE addresses SET state = 'cooling', cooldown_until = ?"
+                           " WHERE ip = ? AND state = 'assigned'", (now + cooldown, existing.ip))
+            return existing
+
+    def get_allocation(self, key: AllocationKey) -> Allocation | None:
+        with self._lock:
+            return self._get_allocation(self._db, key)
+
+    @staticmethod
+    def _get_allocation(db: sqlite3.Connection, key: AllocationKey) -> Allocation | None:
+        row = db.execute(
+            "SELECT ip, eni_id, pod_namespace, pod_name, pod_uid, netns, created_at, lost"
+            " FROM allocations WHERE network = ? AND container_id = ? AND ifname = ?",
+            (key.network, key.container_id, key.ifname)).fetchone()
+        if row is None:
+            return None
+        return Allocation(key, row[0], row[1], PodInfo(row[2], row[3], row[4], row[5]),
+                          row[6], bool(row[7]))
+
+    def allocations(self, network: str | None = None) -> list[Allocation]:
+        query = ("SELECT network, container_id, ifname, ip, eni_id, pod_namespace, pod_name,"
+                 " pod_uid, netns, created_at, lost FROM allocations")
+        args: tuple = ()
+        if network is not None:
+            query += " WHERE network = ?"
+            args = (network,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created_at, ip", args).fetchall()
+        return [Allocation(AllocationKey(r[0], r[1], r[2]), r[3], r[4],
+                           PodInfo(r[5], r[6], r[7], r[8]), r[9], bool(r[10])) for r in rows]
+
+    # ---- ENIs and addresses (the pool loop) ------------------------------------------------
+
+    def enis(self) -> list[EniRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, mac, subnet_id, subnet_cidr, device_index, primary_ip, is_primary,"
+                " created_at, deleting FROM enis ORDER BY device_index").fetchall()
+        return [EniRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], bool(r[8]))
+                for r in rows]
+
+    def addresses(self) -> list[AddressRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ip, eni_id, state, cooldown_until FROM addresses ORDER BY ip").fetchall()
+        return [AddressRow(*r) for r in rows]
+
+    def usage(self) -> list[EniUsage]:
+        """Per-ENI counts, ENIs in device order."""
+        now = self._clock()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT eni_id,"
+                " SUM(state = 'free' OR (state = 'cooling' AND cooldown_until <= :now)),"
+                " SUM(state = 'assigned'),"
+                " SUM(state = 'cooling' AND cooldown_until > :now),"
+                " SUM(state = 'releasing') FROM addresses GROUP BY eni_id", {"now": now}
+            ).fetchall()
+        counts = {r[0]: r[1:] for r in rows}
+        return [EniUsage(eni, *(counts.get(eni.id) or (0, 0, 0, 0))) for eni in self.enis()]
+
+    def add_eni(self, eni: EniRecord, ips: Iterable[str] = ()) -> None:
+        with self._tx() as db:
+            self._upsert_eni(db, eni)
+            self._add_ips(db, eni.id, ips)
+
+    def add_addresses(self, eni_id: str, ips: Iterable[str]) -> None:
+        with self._tx() as db:
+            self._add_ips(db, eni_id, ips)
+
+    @staticmethod
+    def _upsert_eni(db: sqlite3.Connection, eni: EniRecord) -> None:
+        db.execute(
+            "INSERT INTO enis (id, mac, subnet_id, subnet_cidr, device_index, primary_ip,"
+            " is_primary, created_at, deleting) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET mac = excluded.mac, device_index ="
+            " excluded.device_index, subnet_cidr = excluded.subnet_cidr, is_primary ="
+            " excluded.is_primary, deleting = excluded.deleting",
+            (eni.id, eni.mac, eni.subnet_id, eni.subnet_cidr, eni.device_index, eni.primary_ip,
+             int(eni.is_primary), eni.created_at, int(eni.deleting)))
+
+    @staticmethod
+    def _add_ips(db: sqlite3.Connection, eni_id: str, ips: Iterable[str]) -> None:
+        db.executemany("INSERT OR IGNORE INTO addresses (ip, eni_id, state) VALUES (?, ?, 'free')",
+                       [(ip, eni_id) for ip in ips])
+
+    def reserve_free(self, eni_id: str, count: int) -> list[str]:
+        """Mark up to ``count`` free (never cooling) addresses of the ENI as releasing, so no
+        borrow takes them while the pool gives them back to the cloud."""
+        with self._tx() as db:
+            rows = db.execute("SELECT ip FROM addresses WHERE eni_id = ? AND state = 'free'"
+                              " ORDER BY ip DESC LIMIT ?", (eni_id, count)).fetchall()
+            ips = [r[0] for r in rows]
+            db.executemany("UPDATE addresses SET state = 'releasing' WHERE ip = ?",
+                           [(ip,) for ip in ips])
+            return ips
+
+    def reserve_eni(self, eni_id: str) -> list[str] | None:
+        """Mark an ENI for deletion if it holds no assigned or cooling address; its free
+        addresses become releasing. None when the ENI is (no longer) empty."""
+        now = self._clock()
+        with self._tx() as db:
+            busy = db.execute(
+                "SELECT COUNT(*) FROM addresses WHERE eni_id = ? AND (state = 'assigned'"
+                " OR (state = 'cooling' AND cooldown_until > ?))", (eni_id, now)).fetchone()[0]
+            if busy:
+                return None
+            db.execute("UPDATE enis SET deleting = 1 WHERE id = ?", (eni_id,))
+            db.execute("UPDATE addresses SET state = 'releasing' WHERE eni_id = ?", (eni_id,))
+            return [r[0] for r in db.execute("SELECT ip FROM addresses WHERE eni_id = ?",
+                                             (eni_id,))]
+
+    def unreserve(self, ips: Sequence[str], eni_id: str | None = None) -> None:
+        """The cloud call failed: the reserved addresses are free again."""
+        with self._tx() as db:
+            db.executemany("UPDATE addresses SET state = 'free' WHERE ip = ? AND"
+                           " state = 'releasing'", [(ip,) for ip in ips])
+            if eni_id is not None:
+                db.execute("UPDATE enis SET deleting = 0 WHERE id = ?", (eni_id,))
+
+    def remove_addresses(self, ips: Sequence[str]) -> None:
+        """Forget addresses the cloud no longer holds for us (only releasing ones)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM addresses WHERE ip = ? AND state = 'releasing'",
+                           [(ip,) for ip in ips])
+
+    def remove_eni(self, eni_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM addresses WHERE eni_id = ?", (eni_id,))
+            db.execute("DELETE FROM enis WHERE id = ?", (eni_id,))
+
+    def apply_cloud_view(self, enis: Sequence[tuple[EniRecord, Sequence[str]]]) -> list[Allocation]:
+        """Make the store agree with what the cloud says our ENIs hold, in one transaction:
+        new addresses become free, releasing ones still held become free again, addresses
+        the cloud dropped are forgotten (an allocation on one is kept, flagged lost, and
+        returned so the caller can log it loudly), ENIs not in the view are forgotten."""
+        lost: list[Allocation] = []
+        with self._tx() as db:
+            seen = {eni.id for eni, _ in enis}
+            for eni, ips in enis:
+                self._upsert_eni(db, eni)
+                held = set(ips)
+                rows = db.execute("SELECT ip, state FROM addresses WHERE eni_id = ?",
+                                  (eni.id,)).fetchall()
+                known = {r[0]: r[1] for r in rows}
+                self._add_ips(db, eni.id, sorted(held - set(known)))
+                for ip, state in known.items():
+                    if ip in held:
+                        if state == RELEASING:
+                            db.execute("UPDATE addresses SET state = 'free' WHERE ip = ?", (ip,))
+                    else:
+                        lost += self._drop_address(db, ip)
+            for (eni_id,) in db.execute("SELECT id FROM enis").fetchall():
+                if eni_id not in seen:
+                    for (ip,) in db.execute("SELECT ip FROM addresses WHERE eni_id = ?",
+                                            (eni_id,)).fetchall():
+                        lost += self._drop_address(db, ip)
+                    db.execute("DELETE FROM enis WHERE id = ?", (eni_id,))
+        return lost
+
+    def _drop_address(self, db: sqlite3.Connection, ip: str) -> list[Allocation]:
+        db.execute("DELETE FROM addresses WHERE ip = ?", (ip,))
+        row = db.execute("SELECT network, container_id, ifname FROM allocations"
+                         " WHERE ip = ? AND lost = 0", (ip,)).fetchone()
+        if row is None:
+            return []
+        key = AllocationKey(*row)
+        db.execute("UPDATE allocations SET lost = 1 WHERE network = ? AND container_id = ?"
+                   " AND ifname = ?", row)
+        found = self._get_allocation(db, key)
+        return [found] if found else []

@@ -1,0 +1,164 @@
+"""The pool policy as tables: counts + targets + limits -> action. No clock, cloud, kernel."""
+from __future__ import annotations
+
+import pytest
+
+from ipam_daemon.policy import (
+    Action, Blocker, EniCounts, Kind, Limits, Targets, decide, decide_aws,
+)
+
+M5L = Limits(max_enis=3, ips_per_eni=10)  # 9 secondaries per ENI
+
+
+def eni(name, free=0, assigned=0, cooling=0, primary=False, age=3600.0, capacity=9):
+    return EniCounts(name, capacity, free=free, assigned=assigned, cooling=cooling,
+                     is_primary=primary, age_seconds=age)
+
+
+P = "eni-p"  # the primary ENI
+
+CASES = [
+    # (id, enis, targets, expected kind, count, eni, blocker)
+    ("fresh node grows by the shortfall in one call",
+     (eni(P, primary=True),), Targets(warm_ips=5), Kind.ASSIGN, 5, P, Blocker.NONE),
+    ("growth is capped by batch size",
+     (eni(P, primary=True),), Targets(warm_ips=8, batch_size=3), Kind.ASSIGN, 3, P,
+     Blocker.NONE),
+    ("minimum counts held addresses",
+     (eni(P, free=2, primary=True),), Targets(warm_ips=2, min_ips=6), Kind.ASSIGN, 4, P,
+     Blocker.NONE),
+    ("at target does nothing",
+     (eni(P, free=2, assigned=3, primary=True),), Targets(warm_ips=2), Kind.NOTHING, 0, "",
+     Blocker.NONE),
+    ("cooling addresses are not available",
+     (eni(P, free=0, cooling=2, assigned=1, primary=True),), Targets(warm_ips=2), Kind.ASSIGN,
+     2, P, Blocker.NONE),
+    ("full primary: create a pre-filled ENI with the shortfall",
+     (eni(P, free=1, assigned=8, primary=True),), Targets(warm_ips=3), Kind.CREATE_ENI, 2, "",
+     Blocker.NONE),
+    ("fill the existing ENI with room before creating one",
+     (eni(P, assigned=9, primary=True), eni("eni-2", assigned=4)), Targets(warm_ips=2),
+     Kind.ASSIGN, 2, "eni-2", Blocker.NONE),
+    ("grow is capped by the room on that ENI",
+     (eni(P, assigned=8, primary=True),), Targets(warm_ips=3), Kind.ASSIGN, 1, P,
+     Blocker.NONE),
+    ("ENI limit: nothing, with the reason",
+     (eni(P, assigned=9, primary=True), eni("eni-2", assigned=9), eni("eni-3", assigned=9)),
+     Targets(warm_ips=2), Kind.NOTHING, 0, "", Blocker.ENI_LIMIT),
+    ("configured max_enis below the instance limit",
+     (eni(P, assigned=9, primary=True),), Targets(warm_ips=2, max_enis=1), Kind.NOTHING, 0, "",
+     Blocker.ENI_LIMIT),
+    ("max_ips ceiling",
+     (eni(P, assigned=6, primary=True),), Targets(warm_ips=2, max_ips=6), Kind.NOTHING, 0, "",
+     Blocker.MAX_IPS),
+    ("max_ips trims the growth",
+     (eni(P, assigned=5, primary=True),), Targets(warm_ips=3, max_ips=6), Kind.ASSIGN, 1, P,
+     Blocker.NONE),
+    ("warm_enis asks for an ENI's worth of addresses",
+     (eni(P, primary=True),), Targets(warm_ips=0, warm_enis=1), Kind.ASSIGN, 9, P,
+     Blocker.NONE),
+    ("surplus is unassigned, not below the warm target",
+     (eni(P, free=6, assigned=1, primary=True),), Targets(warm_ips=2), Kind.UNASSIGN, 4, P,
+     Blocker.NONE),
+    ("surplus keeps the minimum",
+     (eni(P, free=6, primary=True),), Targets(warm_ips=2, min_ips=5), Kind.UNASSIGN, 1, P,
+     Blocker.NONE),
+    ("surplus drains the non-primary ENI first",
+     (eni(P, free=2, assigned=3, primary=True), eni("eni-2", free=3, assigned=1)),
+     Targets(warm_ips=2), Kind.UNASSIGN, 3, "eni-2", Blocker.NONE),
+    ("idle non-primary ENI is deleted when its addresses are not needed",
+     (eni(P, free=3, assigned=6, primary=True), eni("eni-2", free=4)), Targets(warm_ips=2),
+     Kind.DELETE_ENI, 0, "eni-2", Blocker.NONE),
+    ("young idle ENI is kept (eni_min_age); its surplus is unassigned instead",
+     (eni(P, free=3, assigned=6, primary=True), eni("eni-2", free=4, age=5)),
+     Targets(warm_ips=2, eni_min_age=60), Kind.UNASSIGN, 4, "eni-2", Blocker.NONE),
+    ("ENI with a cooling address is not deleted",
+     (eni(P, free=3, assigned=6, primary=True), eni("eni-2", free=0, cooling=1)),
+     Targets(warm_ips=2), Kind.UNASSIGN, 1, P, Blocker.NONE),
+    ("empty ENI with no addresses is deleted",
+     (eni(P, free=2, assigned=3, primary=True), eni("eni-2")), Targets(warm_ips=2),
+     Kind.DELETE_ENI, 0, "eni-2", Blocker.NONE),
+    ("the primary ENI is never deleted",
+     (eni(P, primary=True),), Targets(warm_ips=0), Kind.NOTHING, 0, "", Blocker.NONE),
+    ("idle ENI kept when its free addresses are the warm pool",
+     (eni(P, assigned=9, primary=True), eni("eni-2", free=2)), Targets(warm_ips=2),
+     Kind.NOTHING, 0, "", Blocker.NONE),
+]
+
+
+@pytest.mark.parametrize("name,enis,targets,kind,count,eni_id,blocker", CASES,
+                         ids=[c[0] for c in CASES])
+def test_decide(name, enis, targets, kind, count, eni_id, blocker):
+    action = decide(enis, targets, M5L)
+    assert (action.kind, action.count, action.eni_id, action.blocker) == (
+        kind, count, eni_id, blocker), action
+    assert action.reason
+
+
+def test_decide_reason_names_the_eni_limit():
+    full = (eni(P, assigned=9, primary=True), eni("eni-2", assigned=9), eni("eni-3", assigned=9))
+    action = decide(full, Targets(warm_ips=1), M5L)
+    assert "ENI limit reached: 3 of 3" in action.reason
+
+
+def test_policy_converges_without_oscillation():
+    """Applying the policy's own actions reaches a fixed point from many start states."""
+    targets = Targets(warm_ips=3, min_ips=4, batch_size=4, eni_min_age=0)
+    for assigned in range(0, 25):
+        enis = {P: [0, min(assigned, 9)]}
+        rest = assigned - enis[P][1]
+        n = 2
+        while rest > 0:
+            enis[f"eni-{n}"] = [0, min(rest, 9)]
+            rest -= min(rest, 9)
+            n += 1
+        for _ in range(50):
+            counts = tuple(eni(k, free=v[0], assigned=v[1], primary=k == P) for k, v in enis.items())
+            action = decide(counts, targets, M5L)
+            if action.kind is Kind.NOTHING:
+                break
+            if action.kind is Kind.ASSIGN:
+                enis[action.eni_id][0] += action.count
+            elif action.kind is Kind.CREATE_ENI:
+                enis[f"eni-{len(enis) + 1}"] = [action.count, 0]
+            elif action.kind is Kind.UNASSIGN:
+                enis[action.eni_id][0] -= action.count
+            elif action.kind is Kind.DELETE_ENI:
+                del enis[action.eni_id]
+        else:
+            pytest.fail(f"no fixed point for {assigned} assigned: {enis}")
+        free = sum(v[0] for v in enis.values())
+        held = sum(v[0] + v[1] for v in enis.values())
+        assert free >= 3 and held >= 4, (assigned, enis)
+        assert free <= 3 or held <= 4, (assigned, enis)  # no surplus left
+
+
+AWS_CASES = [
+    ("cooling counted as available (the known bug)",
+     (eni(P, cooling=2, assigned=1, primary=True),), Targets(warm_ips=2), Kind.NOTHING, 0),
+    ("short = max(warm - available, minimum - total)",
+     (eni(P, free=1, assigned=1, primary=True),), Targets(warm_ips=2, min_ips=6), Kind.ASSIGN, 4),
+    ("over = min(available - warm, total - minimum)",
+     (eni(P, free=6, assigned=1, primary=True),), Targets(warm_ips=2, min_ips=5), Kind.UNASSIGN, 2),
+    ("WARM_ENI_TARGET=1 on a fresh node fills a whole ENI",
+     (eni(P, primary=True),), Targets(warm_ips=0, warm_enis=1), Kind.ASSIGN, 9),
+    ("WARM_ENI_TARGET=1: one pod on the only ENI -> a whole second ENI",
+     (eni(P, free=8, assigned=1, primary=True),), Targets(warm_ips=0, warm_enis=1),
+     Kind.CREATE_ENI, 9),
+]
+
+
+@pytest.mark.parametrize("name,enis,targets,kind,count", AWS_CASES, ids=[c[0] for c in AWS_CASES])
+def test_decide_aws(name, enis, targets, kind, count):
+    action = decide_aws(enis, targets, M5L)
+    assert (action.kind, action.count) == (kind, count), action
+
+
+def test_underlay_holds_fewer_idle_ips_than_aws_defaults():
+    """One pod on a fresh m5.large: AWS defaults (WARM_ENI_TARGET=1) end up holding a second
+    whole ENI; underlay's defaults (warm_ips=2) hold two idle addresses."""
+    ours = decide((eni(P, free=0, assigned=1, primary=True),), Targets(), M5L)
+    theirs = decide_aws((eni(P, free=8, assigned=1, primary=True),),
+                        Targets(warm_ips=0, warm_enis=1), M5L)
+    assert ours.count == 2 and theirs.count == 9
+    assert isinstance(ours, Action)
