@@ -1,0 +1,250 @@
+"""Parse one CNI invocation (environment + stdin) into a frozen ``Request``, or fail with a
+``CniError`` whose message names the variable or key and the bad value.
+
+Validation order follows the reference skeleton (libcni's ``skel``): the command, the
+environment the command needs, then stdin (size, JSON, cniVersion, then the keys).
+Nothing here has side effects: bad input never reaches the agent or the kernel.
+
+``Request`` is a ``NamedTuple`` rather than a frozen dataclass on purpose: ``dataclasses``
+imports ``inspect`` (about 8 ms, a third of the executable's budget), ``typing`` is loaded
+by ``cni.spec`` anyway, and a NamedTuple is just as immutable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, NamedTuple
+
+from cni.spec import DEFAULT_SOCKET, MODES, PLUGIN_TYPE, SUPPORTED_VERSIONS, Code, CniError
+
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+MAX_STDIN_BYTES = 1 << 20
+DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 300.0
+# Which environment variables each command needs (CNI spec 1.1, "Parameters").
+REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+}
+# CNI_ARGS keys we understand: what kubelet and the CRI runtimes put there.
+KNOWN_ARGS = {
+    "K8S_POD_NAMESPACE": "pod_namespace",
+    "K8S_POD_NAME": "pod_name",
+    "K8S_POD_INFRA_CONTAINER_ID": "infra_container_id",
+    "K8S_POD_UID": "pod_uid",
+}
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
+_VERSION_RE = re.compile(r"\d+\.\d+\.\d+\Z")
+
+
+class Request(NamedTuple):
+    command: str
+    cni_version: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    pod: dict[str, str] = {}
+    network: str = ""
+    socket: str = DEFAULT_SOCKET
+    mode: str = "veth"
+    mtu: int | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    prev_result: dict[str, Any] | None = None
+    valid_attachments: tuple[dict[str, str], ...] | None = None
+
+
+def parse_request(env: dict[str, str], stdin: bytes) -> Request:
+    command = env.get("CNI_COMMAND", "")
+    if not command:
+        raise CniError(Code.INVALID_ENV, "CNI_COMMAND is not set; expected one of "
+                       + ", ".join(COMMANDS))
+    if command not in COMMANDS:
+        raise CniError(Code.INVALID_ENV, f"CNI_COMMAND {command!r} is not a CNI command; "
+                       "expected one of " + ", ".join(COMMANDS))
+    missing = [name for name in REQUIRED_ENV.get(command, ()) if not env.get(name)]
+    if missing:
+        raise CniError(Code.INVALID_ENV, f"{command} needs the environment variable(s) "
+                       + ", ".join(missing) + ", which are missing or empty")
+    conf = decode_stdin(stdin, allow_empty=command == "VERSION")
+    if command == "VERSION":
+        return Request(command, _version_for_answer(conf))
+    version = check_version(conf)
+    fields: dict[str, Any] = {"command": command, "cni_version": version}
+    if command in REQUIRED_ENV:
+        fields.update(parse_env(command, env))
+    fields.update(parse_conf(command, conf))
+    return Request(**fields)
+
+
+def decode_stdin(stdin: bytes, allow_empty: bool = False) -> dict[str, Any]:
+    if len(stdin) > MAX_STDIN_BYTES:
+        raise CniError(Code.DECODE_FAILURE, f"network configuration on stdin is larger than "
+                       f"{MAX_STDIN_BYTES} bytes; refusing to decode it")
+    if not stdin.strip():
+        if allow_empty:
+            return {}
+        raise CniError(Code.DECODE_FAILURE, "no network configuration on stdin")
+    try:
+        conf = json.loads(stdin)
+    except UnicodeDecodeError as exc:
+        raise CniError(Code.DECODE_FAILURE, f"network configuration on stdin is not UTF-8: "
+                       f"{exc.reason} at byte {exc.start}") from None
+    except ValueError as exc:
+        raise CniError(Code.DECODE_FAILURE, f"network configuration on stdin is not valid "
+                       f"JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise CniError(Code.DECODE_FAILURE, "network configuration on stdin must be a JSON "
+                       f"object, got a {_type_name(conf)}")
+    return conf
+
+
+def check_version(conf: dict[str, Any]) -> str:
+    version = conf.get("cniVersion")
+    if version is None:
+        raise CniError(Code.INCOMPATIBLE_VERSION, "cniVersion is missing from the network "
+                       "configuration; supported: " + ", ".join(SUPPORTED_VERSIONS))
+    if not isinstance(version, str):
+        raise CniError(Code.INVALID_CONFIG, f"cniVersion must be a string, got a "
+                       f"{_type_name(version)}")
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(Code.INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported; "
+                       "supported: " + ", ".join(SUPPORTED_VERSIONS))
+    return version
+
+
+def parse_env(command: str, env: dict[str, str]) -> dict[str, Any]:
+    container_id = env["CNI_CONTAINERID"]
+    if not _NAME_RE.match(container_id):
+        raise CniError(Code.INVALID_ENV, f"CNI_CONTAINERID {container_id!r} has invalid "
+                       "characters (allowed: letters, digits, _ . -, not first: _ . -)")
+    ifname = env["CNI_IFNAME"]
+    if len(ifname) > 15 or ifname in (".", "..") or any(c in "/:" or c.isspace() for c in ifname):
+        raise CniError(Code.INVALID_ENV, f"CNI_IFNAME {ifname!r} is not a valid interface name "
+                       "(at most 15 characters, no '/', ':' or whitespace, not . or ..)")
+    netns = env.get("CNI_NETNS", "")
+    if netns and not netns.startswith("/"):
+        raise CniError(Code.INVALID_ENV, f"CNI_NETNS {netns!r} must be an absolute path")
+    return {"container_id": container_id, "ifname": ifname, "netns": netns,
+            "pod": parse_cni_args(env.get("CNI_ARGS", ""))}
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """``K=V;K2=V2`` -> pod fields; unknown keys are an error unless IgnoreUnknown=1|true."""
+    pairs: dict[str, str] = {}
+    for item in text.split(";") if text else ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CniError(Code.INVALID_ENV, f"CNI_ARGS item {item!r} is not of the form K=V")
+        pairs[key] = value
+    ignore_unknown = pairs.pop("IgnoreUnknown", "").lower() in ("1", "true")
+    unknown = sorted(k for k in pairs if k not in KNOWN_ARGS)
+    if unknown and not ignore_unknown:
+        raise CniError(Code.INVALID_ENV, "CNI_ARGS has unknown key(s) " + ", ".join(unknown)
+                       + " (set IgnoreUnknown=1 to ignore them)")
+    return {KNOWN_ARGS[k]: v for k, v in pairs.items() if k in KNOWN_ARGS}
+
+
+def parse_conf(command: str, conf: dict[str, Any]) -> dict[str, Any]:
+    name = _get(conf, "name", str)
+    if not name or not _NAME_RE.match(name):
+        raise CniError(Code.INVALID_CONFIG, f"name {name!r} is not a valid network name "
+                       "(letters, digits, _ . -, not first: _ . -)")
+    plugin_type = _get(conf, "type", str)
+    if plugin_type != PLUGIN_TYPE:
+        raise CniError(Code.INVALID_CONFIG, f"type is {plugin_type!r}; this plugin is "
+                       f"{PLUGIN_TYPE!r}")
+    if "ipam" in conf:
+        raise CniError(Code.UNSUPPORTED_FIELD, "ipam is not supported: underlay allocates "
+                       "VPC addresses itself (remove the ipam section)")
+    sock = _get(conf, "socket", str, DEFAULT_SOCKET)
+    if not sock.startswith("/"):
+        raise CniError(Code.INVALID_CONFIG, f"socket {sock!r} must be an absolute path")
+    mode = _get(conf, "mode", str, "veth")
+    if mode not in MODES:
+        raise CniError(Code.INVALID_CONFIG, f"mode {mode!r} is not supported; use one of "
+                       + ", ".join(MODES))
+    mtu = _get(conf, "mtu", int, None)
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise CniError(Code.INVALID_CONFIG, f"mtu {mtu} is out of range (68-65535)")
+    timeout = _get(conf, "timeout", (int, float), DEFAULT_TIMEOUT)
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise CniError(Code.INVALID_CONFIG, f"timeout {timeout} is out of range "
+                       f"(0-{MAX_TIMEOUT:g} seconds)")
+    _get(conf, "runtimeConfig", dict, None)
+    prev = _get(conf, "prevResult", dict, None)
+    if prev is not None:
+        check_result_shape(prev, "prevResult")
+    if command == "CHECK" and prev is None:
+        raise CniError(Code.INVALID_CONFIG, "prevResult is required for CHECK")
+    fields = {"network": name, "socket": sock, "mode": mode, "mtu": mtu,
+              "timeout": float(timeout), "prev_result": prev}
+    if command == "GC":
+        fields["valid_attachments"] = parse_valid_attachments(conf)
+    return fields
+
+
+def parse_valid_attachments(conf: dict[str, Any]) -> tuple[dict[str, str], ...]:
+    key = "cni.dev/valid-attachments"
+    if key not in conf:
+        raise CniError(Code.INVALID_CONFIG, f"{key} is required for GC (without it every "
+                       "attachment of the network would be released)")
+    items = conf[key]
+    if not isinstance(items, list):
+        raise CniError(Code.INVALID_CONFIG, f"{key} must be a list, got a {_type_name(items)}")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise CniError(Code.INVALID_CONFIG, f"{key}[{i}] must be an object with "
+                           f"containerID and ifname, got a {_type_name(item)}")
+        for field in ("containerID", "ifname"):
+            if not isinstance(item.get(field), str) or not item[field]:
+                raise CniError(Code.INVALID_CONFIG, f"{key}[{i}].{field} must be a "
+                               "non-empty string")
+        out.append({"containerID": item["containerID"], "ifname": item["ifname"]})
+    return tuple(out)
+
+
+def check_result_shape(result: dict[str, Any], where: str) -> None:
+    for key in ("interfaces", "ips", "routes"):
+        value = result.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise CniError(Code.INVALID_CONFIG, f"{where}.{key} must be a list of objects")
+    if not isinstance(result.get("dns", {}), dict):
+        raise CniError(Code.INVALID_CONFIG, f"{where}.dns must be an object")
+
+
+def netns_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _version_for_answer(conf: dict[str, Any]) -> str:
+    """VERSION answers in the version it was asked in; the newest when none was given."""
+    version = conf.get("cniVersion")
+    if isinstance(version, str) and _VERSION_RE.match(version):
+        return version
+    if version is not None:
+        raise CniError(Code.INVALID_CONFIG, f"cniVersion {version!r} is not a version "
+                       "of the form X.Y.Z")
+    return SUPPORTED_VERSIONS[-1]
+
+
+def _get(conf: dict[str, Any], key: str, kind, default: Any = ...) -> Any:
+    if key not in conf:
+        if default is ...:
+            raise CniError(Code.INVALID_CONFIG, f"{key} is missing from the network "
+                           "configuration")
+        return default
+    value = conf[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        names = " or ".join(dict.fromkeys(_type_name(k()) for k in kinds))
+        raise CniError(Code.INVALID_CONFIG, f"{key} must be a {names}, got a "
+                       f"{_type_name(value)} ({value!r:.40})")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", int: "number", float: "number",
+            bool: "boolean", type(None): "null"}.get(type(value), type(value).__name__)
