@@ -1,0 +1,236 @@
+"""What the VPC router should look like for one state of the emulated cloud: pure, no
+kernel and no cloud.
+
+``read_view`` turns the control plane's snapshot into a ``CloudView``; ``plan_fabric``
+turns a view into a ``FabricPlan``: one link per attached ENI (veth, router side named from
+a hash of the ENI id, node side ``eth<device index>`` with the ENI's MAC), the router's
+``/32`` routes and permanent neighbour entries for every private IP, the route-table
+entries, and the iptables ruleset that enforces source/destination check.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ENI_MTU = 9001  # what EC2 gives an ENI
+ATTACHED_STATES = frozenset({"in-use", "attached", "attaching"})
+
+
+class SnapshotError(ValueError):
+    """The cloud snapshot does not have the shape the fabric needs (names the field)."""
+
+
+@dataclass(frozen=True)
+class EniView:
+    id: str
+    mac: str
+    instance_id: str
+    device_index: int
+    subnet_cidr: str
+    ips: tuple[str, ...]  # primary first
+    source_dest_check: bool
+
+    @property
+    def primary_ip(self) -> str:
+        return self.ips[0]
+
+
+@dataclass(frozen=True)
+class RouteView:
+    table_id: str
+    cidr: str
+    eni_id: str | None
+    instance_id: str | None
+
+
+@dataclass(frozen=True)
+class CloudView:
+    instances: tuple[str, ...]
+    enis: tuple[EniView, ...]  # attached ENIs only, sorted by (instance, device index)
+    routes: tuple[RouteView, ...]
+
+
+@dataclass(frozen=True)
+class EniLink:
+    """One attached ENI as a veth pair: ``router_ifname`` in the router namespace,
+    ``ifname`` (``eth<device index>``) in the node namespace."""
+
+    eni: EniView
+    router_ifname: str
+    gateway: str
+    prefix_len: int
+
+    @property
+    def ifname(self) -> str:
+        return f"eth{self.eni.device_index}"
+
+    @property
+    def node(self) -> str:
+        return self.eni.instance_id
+
+    @property
+    def alias(self) -> str:
+        """Stored as the router link's ifalias: a link whose alias differs is replaced."""
+        return f"{self.eni.id} {self.eni.instance_id} {self.eni.device_index} {self.eni.mac}"
+
+
+@dataclass(frozen=True)
+class RouterRoute:
+    dst: str  # always with a prefix length
+    dev: str
+    via: str | None = None
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ip: str
+    dev: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class FabricPlan:
+    nodes: tuple[str, ...]
+    links: tuple[EniLink, ...]
+    routes: frozenset[RouterRoute]
+    neighbours: frozenset[Neighbour]
+    filter_rules: str
+
+
+def name_router_link(eni_id: str) -> str:
+    """``e`` + 14 hex chars of sha1(ENI id): unique enough, and <= 15 chars (IFNAMSIZ)."""
+    return "e" + hashlib.sha1(eni_id.encode()).hexdigest()[:14]
+
+
+def _field(item: Mapping[str, Any], *names: str, default: Any = KeyError) -> Any:
+    for name in names:
+        if name in item:
+            return item[name]
+    if default is KeyError:
+        raise SnapshotError(f"snapshot entry {dict(item)!r} has none of the fields {names}")
+    return default
+
+
+def _items(value: Any) -> Iterable[Mapping[str, Any]]:
+    if isinstance(value, Mapping):
+        return [dict(v, id=v.get("id", k)) for k, v in value.items()]
+    return list(value)
+
+
+def read_view(snapshot: Mapping[str, Any]) -> CloudView:
+    """Accepts the control plane's ``snapshot()``: ENIs (id, mac, instance, device index,
+    subnet or subnet CIDR, ips, source/dest check), subnets (id -> CIDR), route tables."""
+    subnets = {
+        str(_field(s, "id", "subnet_id")): str(_field(s, "cidr", "cidr_block"))
+        for s in _items(snapshot.get("subnets", ()))
+    }
+    enis: list[EniView] = []
+    instances = {str(i) if not isinstance(i, Mapping) else str(_field(i, "id", "instance_id"))
+                 for i in _items(snapshot.get("instances", ()))}
+    for raw in _items(_field(snapshot, "enis", "network_interfaces")):
+        instance = _field(raw, "instance", "instance_id", default=None)
+        index = _field(raw, "device_index", default=None)
+        status = str(_field(raw, "status", "attachment_status", default="in-use"))
+        if instance is None or index is None or status not in ATTACHED_STATES:
+            continue
+        cidr = _field(raw, "subnet_cidr", default=None)
+        if cidr is None:
+            subnet = str(_field(raw, "subnet", "subnet_id"))
+            if subnet not in subnets:
+                raise SnapshotError(f"ENI {raw.get('id')} is in subnet {subnet} with no CIDR")
+            cidr = subnets[subnet]
+        ips = tuple(str(ip) for ip in _field(raw, "ips", "private_ips"))
+        if not ips:
+            raise SnapshotError(f"ENI {raw.get('id')} has no private IP")
+        instances.add(str(instance))
+        enis.append(EniView(
+            id=str(_field(raw, "id", "eni_id")), mac=str(_field(raw, "mac")).lower(),
+            instance_id=str(instance), device_index=int(index), subnet_cidr=str(cidr),
+            ips=ips, source_dest_check=bool(_field(raw, "source_dest_check", default=True)),
+        ))
+    routes: list[RouteView] = []
+    for table in _items(snapshot.get("route_tables", ())):
+        table_id = str(_field(table, "id", "route_table_id"))
+        for route in _field(table, "routes", default=()):
+            cidr = _field(route, "cidr", "destination_cidr", "destination", default=None)
+            eni = _field(route, "eni", "eni_id", "network_interface_id", default=None)
+            inst = _field(route, "instance", "instance_id", default=None)
+            if cidr is None or (eni is None and inst is None):
+                continue  # local, internet gateway and the like: not the fabric's business
+            routes.append(RouteView(table_id, str(cidr), eni and str(eni), inst and str(inst)))
+    return CloudView(
+        instances=tuple(sorted(instances)),
+        enis=tuple(sorted(enis, key=lambda e: (e.instance_id, e.device_index))),
+        routes=tuple(sorted(routes, key=lambda r: (r.table_id, r.cidr))),
+    )
+
+
+def _resolve_target(view: CloudView, route: RouteView) -> EniView | None:
+    for eni in view.enis:
+        if route.eni_id is not None and eni.id == route.eni_id:
+            return eni
+        if route.eni_id is None and eni.instance_id == route.instance_id and eni.device_index == 0:
+            return eni
+    return None
+
+
+def plan_fabric(view: CloudView) -> FabricPlan:
+    links: list[EniLink] = []
+    routes: set[RouterRoute] = set()
+    neighbours: set[Neighbour] = set()
+    owner: dict[str, str] = {}
+    for eni in view.enis:
+        net = ipaddress.ip_network(eni.subnet_cidr)
+        link = EniLink(eni, name_router_link(eni.id), str(net.network_address + 1), net.prefixlen)
+        links.append(link)
+        for ip in eni.ips:
+            if ip in owner:
+                logger.error("IP %s is held by both %s and %s; routing it to the first",
+                             ip, owner[ip], eni.id)
+                continue
+            owner[ip] = eni.id
+            routes.add(RouterRoute(f"{ip}/32", link.router_ifname))
+            neighbours.add(Neighbour(ip, link.router_ifname, eni.mac))
+    by_eni = {link.eni.id: link for link in links}
+    seen: dict[str, RouteView] = {}
+    for route in view.routes:
+        target = _resolve_target(view, route)
+        if target is None:
+            continue  # target detached or gone: a blackhole route in EC2 terms
+        cidr = str(ipaddress.ip_network(route.cidr, strict=False))
+        if cidr in seen:
+            logger.warning("route %s in %s shadowed by the one in %s", cidr, route.table_id,
+                           seen[cidr].table_id)
+            continue
+        seen[cidr] = route
+        routes.add(RouterRoute(cidr, by_eni[target.id].router_ifname, target.primary_ip))
+    return FabricPlan(
+        nodes=view.instances, links=tuple(links), routes=frozenset(routes),
+        neighbours=frozenset(neighbours), filter_rules=render_filter(links),
+    )
+
+
+def render_filter(links: Iterable[EniLink]) -> str:
+    """An ``iptables-restore`` document for the router's filter table. For each ENI whose
+    source/destination check is on: packets entering from its link must come from one of
+    its IPs, packets leaving to it must be addressed to one of them; all else is dropped.
+    Loaded whole, so every change is atomic."""
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    body: list[str] = []
+    for link in sorted(links, key=lambda k: k.router_ifname):
+        if not link.eni.source_dest_check:
+            continue
+        src, dst = f"S{link.router_ifname}", f"D{link.router_ifname}"
+        lines += [f":{src} - [0:0]", f":{dst} - [0:0]"]
+        body += [f"-A FORWARD -i {link.router_ifname} -j {src}",
+                 f"-A FORWARD -o {link.router_ifname} -j {dst}"]
+        for ip in link.eni.ips:
+            body += [f"-A {src} -s {ip}/32 -j RETURN", f"-A {dst} -d {ip}/32 -j RETURN"]
+        body += [f"-A {src} -j DROP", f"-A {dst} -j DROP"]
+    return "\n".join(lines + body + ["COMMIT", ""])
