@@ -1,0 +1,133 @@
+"""The agent's Kubernetes integration, behind one facade for ``ipam_daemon.main``.
+
+Wiring (the integrator's part)::
+
+    from ipam_daemon.kube import KubeIntegration, KubeSettings, IPStatus, Reason
+
+    kube = KubeIntegration(
+        KubeSettings(node_name=node, in_cluster=True),     # or kubeconfig=... / host=...
+        base_config=raw_config_dict,                       # the file's dict, before overrides
+        list_allocations=store_rows,   # () -> [(key, pod_namespace, pod_name, pod_uid, netns)]
+        release=release_allocation,    # (key) -> None: the same path CNI GC uses
+        on_identity=apply_identity,    # (NodeIdentity) -> None: a later catch-up changed it
+        on_cordon=pool.set_cordoned,   # (bool) -> None: stop growing while cordoned
+    )
+    identity = kube.start()   # bounded wait (settings.boot_wait_seconds), never raises on an
+                              # unreachable API server: identity.source == "configuration"
+    config = identity.config  # merged + validated (ipam_daemon.config.parse_config)
+    ...
+    kube.warn_pod(ns, name, uid, Reason.SUBNET_EXHAUSTED, describe(...))   # never blocks
+    kube.warn_node(Reason.ENI_LIMIT_REACHED, "3 of 3 ENIs in use, all full")
+    kube.publish_ip_status(IPStatus(capacity, assigned, warm, available, reason))  # never blocks
+    kube.cordoned             # bool
+    kube.stop()
+
+The agent runs without Kubernetes when it has no KubeSettings (demo, tests): just do not
+build this object. Permissions used: :mod:`ipam_daemon.kube.rbac`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable, Mapping
+
+from .client import KubeApi, KubeError, KubeSettings, build_api_client
+from .events import EventRecorder, Reason, describe, reason_for_cloud_error
+from .identity import (IdentityError, NodeIdentity, Validator, default_validator, resolve_identity,
+                       resolve_identity_within)
+from .nodestatus import CordonWatcher, IPStatus, NodeStatusPublisher
+from .podgc import PodGarbageCollector
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KubeIntegration", "KubeSettings", "NodeIdentity", "IPStatus", "Reason", "describe",
+           "reason_for_cloud_error"]
+
+
+class KubeIntegration:
+    def __init__(self, settings: KubeSettings, base_config: Mapping[str, Any], *,
+                 list_allocations: Callable[[], Iterable[tuple]], release: Callable[[Any], Any],
+                 on_identity: Callable[[NodeIdentity], None] | None = None,
+                 on_cordon: Callable[[bool], None] | None = None,
+                 validate: Validator = default_validator,
+                 netns_check: Callable[[str], bool] | None = None) -> None:
+        self.settings = settings.validate()
+        self.base_config = dict(base_config)
+        self.validate = validate
+        self.on_identity = on_identity
+        self.on_cordon = on_cordon
+        self.api = KubeApi(build_api_client(settings), settings)
+        self.stopped = threading.Event()
+        self.identity: NodeIdentity | None = None
+        self._identity_lock = threading.Lock()
+        node = settings.node_name
+        self.events = EventRecorder(self.api, node, interval=settings.event_interval,
+                                    queue_size=settings.event_queue_size)
+        self.status = NodeStatusPublisher(self.api, node, min_interval=settings.status_min_interval)
+        gc_kwargs = {"netns_check": netns_check} if netns_check else {}
+        self.gc = PodGarbageCollector(self.api, node, list_allocations, release,
+                                      grace=settings.gc_grace_seconds, interval=settings.gc_interval, **gc_kwargs)
+        self.cordon = CordonWatcher(self.api, node, self._cordon_changed, on_node=self._node_seen)
+
+    def start(self) -> NodeIdentity:
+        identity = resolve_identity_within(self.api, self.settings.node_name, self.base_config,
+                                           self.settings.boot_wait_seconds, self.stopped, self.validate)
+        with self._identity_lock:
+            self.identity = identity
+        logger.info("node %s: instance %s from %s%s", identity.node_name, identity.instance_id or "(unknown)",
+                    identity.source, f", override {identity.override}" if identity.override else "")
+        self.events.start()
+        self.status.start()
+        self.gc.start()
+        self.cordon.start()
+        return identity
+
+    def stop(self) -> None:
+        self.stopped.set()
+        for part in (self.cordon, self.gc, self.status, self.events):
+            part.stop()
+        self.api.api_client.close()
+
+    # -- for the agent ------------------------------------------------------------
+    @property
+    def cordoned(self) -> bool:
+        return self.cordon.is_cordoned
+
+    def warn_pod(self, namespace: str, name: str, uid: str, reason: Reason, message: str) -> bool:
+        return self.events.warn_pod(namespace, name, uid, reason, message)
+
+    def warn_node(self, reason: Reason, message: str) -> bool:
+        return self.events.warn_node(reason, message)
+
+    def publish_ip_status(self, status: IPStatus) -> None:
+        self.status.update(status)
+
+    # -- internals ----------------------------------------------------------------
+    def _cordon_changed(self, cordoned: bool) -> None:
+        if self.on_cordon is not None:
+            self.on_cordon(cordoned)
+
+    def _node_seen(self, node: dict[str, Any]) -> None:
+        """Catch up: the boot fell back to the configuration, or the Node's providerID or
+        override label changed since; resolve again and tell the agent if it differs."""
+        current = self.identity
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        wanted = labels.get(self.settings.override_label, "")
+        provider = (node.get("spec") or {}).get("providerID", "")
+        if current is not None and current.source == "kubernetes" \
+                and provider.endswith(current.instance_id) and wanted == current.override.partition("/")[2]:
+            return
+        try:
+            fresh = resolve_identity(self.api, self.settings.node_name, self.base_config, self.validate)
+        except (KubeError, IdentityError) as exc:
+            logger.warning("node %s: identity catch-up failed: %s", self.settings.node_name, exc)
+            return
+        with self._identity_lock:
+            changed = current is None or (fresh.instance_id, dict(fresh.config), fresh.override) != \
+                (current.instance_id, dict(current.config), current.override)
+            self.identity = fresh
+        if changed:
+            logger.info("node %s: identity now instance %s%s", fresh.node_name, fresh.instance_id,
+                        f", override {fresh.override}" if fresh.override else "")
+            if self.on_identity is not None:
+                self.on_identity(fresh)

@@ -1,0 +1,43 @@
+"""Every Kubernetes permission the agent's Kubernetes module uses, as data.
+
+The deploy manifests turn :data:`RULES` into the agent's ClusterRole with nothing more, and
+a test compares it with the (verb, resource) pairs the fake API server logged for the
+agent's requests. ``configmaps get`` is only needed in ``KubeSettings.override_namespace``
+(a namespaced Role would do); the rest is cluster-scoped (Nodes) or cluster-wide (pods
+listed by ``spec.nodeName``, events in the pods' namespaces)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    api_group: str  # "" is the core group
+    resource: str  # "nodes/status" is a subresource
+    verbs: tuple[str, ...]
+    why: str = ""
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("", "nodes", ("get",), "node identity: spec.providerID and the override label"),
+    Rule("", "nodes", ("list", "watch"), "cordon detection and identity catch-up (this node only)"),
+    Rule("", "nodes", ("patch",), "IP capacity annotations (merge patch)"),
+    Rule("", "nodes/status", ("patch",), "the UnderlayIPAvailable condition (strategic merge patch)"),
+    Rule("", "pods", ("list", "watch"), "pod garbage collection (spec.nodeName=<this node>)"),
+    Rule("", "configmaps", ("get",), "the per-node override named by the node label"),
+    Rule("", "events", ("create",), "Warning events on pods and on the node"),
+)
+
+
+def permission_set(rules: tuple[Rule, ...] = RULES) -> frozenset[tuple[str, str, str]]:
+    """{(api_group, resource, verb)}: the form the fake server's log is compared in."""
+    return frozenset((r.api_group, r.resource, verb) for r in rules for verb in r.verbs)
+
+
+def cluster_role_rules(rules: tuple[Rule, ...] = RULES) -> list[dict]:
+    """The ClusterRole ``rules`` list, one entry per (group, resource), verbs sorted."""
+    merged: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        merged.setdefault((rule.api_group, rule.resource), set()).update(rule.verbs)
+    return [{"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs)}
+            for (group, resource), verbs in sorted(merged.items())]
