@@ -96,7 +96,7 @@ def decode_stdin(stdin: bytes, allow_empty: bool = False) -> dict[str, Any]:
                        f"JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise CniError(Code.DECODE_FAILURE, "network configuration on stdin must be a JSON "
-                       f"object, got a {_type_name(conf)}")
+                       f"object, got {_a(_type_name(conf))}")
     return conf
 
 
@@ -106,8 +106,8 @@ def check_version(conf: dict[str, Any]) -> str:
         raise CniError(Code.INCOMPATIBLE_VERSION, "cniVersion is missing from the network "
                        "configuration; supported: " + ", ".join(SUPPORTED_VERSIONS))
     if not isinstance(version, str):
-        raise CniError(Code.INVALID_CONFIG, f"cniVersion must be a string, got a "
-                       f"{_type_name(version)}")
+        raise CniError(Code.INVALID_CONFIG, f"cniVersion must be a string, got "
+                       f"{_a(_type_name(version))}")
     if version not in SUPPORTED_VERSIONS:
         raise CniError(Code.INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported; "
                        "supported: " + ", ".join(SUPPORTED_VERSIONS))
@@ -192,12 +192,12 @@ def parse_valid_attachments(conf: dict[str, Any]) -> tuple[dict[str, str], ...]:
                        "attachment of the network would be released)")
     items = conf[key]
     if not isinstance(items, list):
-        raise CniError(Code.INVALID_CONFIG, f"{key} must be a list, got a {_type_name(items)}")
+        raise CniError(Code.INVALID_CONFIG, f"{key} must be a list, got {_a(_type_name(items))}")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise CniError(Code.INVALID_CONFIG, f"{key}[{i}] must be an object with "
-                           f"containerID and ifname, got a {_type_name(item)}")
+                           f"containerID and ifname, got {_a(_type_name(item))}")
         for field in ("containerID", "ifname"):
             if not isinstance(item.get(field), str) or not item[field]:
                 raise CniError(Code.INVALID_CONFIG, f"{key}[{i}].{field} must be a "
@@ -240,9 +240,13 @@ def _get(conf: dict[str, Any], key: str, kind, default: Any = ...) -> Any:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) or not isinstance(value, kinds):
         names = " or ".join(dict.fromkeys(_type_name(k()) for k in kinds))
-        raise CniError(Code.INVALID_CONFIG, f"{key} must be a {names}, got a "
-                       f"{_type_name(value)} ({value!r:.40})")
+        raise CniError(Code.INVALID_CONFIG, f"{key} must be {_a(names)}, got "
+                       f"{_a(_type_name(value))} ({value!r:.40})")
     return value
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def _type_name(value: Any) -> str:

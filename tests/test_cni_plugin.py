@@ -1,0 +1,243 @@
+"""The CNI executable run exactly as a runtime runs it (exec, CNI_* environment, stdin):
+bad input is refused with the right spec code and a message naming the problem, and
+nothing reaches the agent socket; VERSION/STATUS/ADD/DEL/CHECK/GC without an agent."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+from cni_fixtures import (  # noqa: F401 - fixtures
+    cni_bin_dir, make_netns, run_plugin, short_tmp, socket_recorder,
+)
+
+CID = "4f1c0ffee0123456789abcdef"
+NAME = "h4net"
+ATTACHMENTS = [{"containerID": CID, "ifname": "eth0"}]
+
+
+def conf(sock: str, **extra) -> dict:
+    out = {"cniVersion": "1.0.0", "name": NAME, "type": "underlay", "socket": sock}
+    for key, value in extra.items():
+        if value is DROP:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+DROP = object()
+ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": CID, "CNI_IFNAME": "eth0"}
+DEL_ENV = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": CID, "CNI_IFNAME": "eth0"}
+PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
+        "ips": [{"address": "10.0.0.5/32", "interface": 0}]}
+
+# (id, env (NETNS added unless given), stdin (dict -> JSON with the socket), code, must name)
+BAD_INPUT = [
+    ("no-command", {"CNI_COMMAND": None}, {}, 4, "CNI_COMMAND"),
+    ("unknown-command", {"CNI_COMMAND": "FROB"}, {}, 4, "'FROB'"),
+    ("lowercase-command", {"CNI_COMMAND": "add"}, {}, 4, "'add'"),
+    ("add-no-containerid", {"CNI_CONTAINERID": None}, {}, 4, "CNI_CONTAINERID"),
+    ("add-no-netns", {"CNI_NETNS": None}, {}, 4, "CNI_NETNS"),
+    ("add-no-ifname", {"CNI_IFNAME": None}, {}, 4, "CNI_IFNAME"),
+    ("del-no-containerid", {**DEL_ENV, "CNI_CONTAINERID": None}, {}, 4, "CNI_CONTAINERID"),
+    ("check-no-netns", {"CNI_COMMAND": "CHECK", "CNI_NETNS": None}, {"prevResult": PREV},
+     4, "CNI_NETNS"),
+    ("containerid-bad-chars", {"CNI_CONTAINERID": "ab/c d"}, {}, 4, "CNI_CONTAINERID"),
+    ("ifname-too-long", {"CNI_IFNAME": "e" * 16}, {}, 4, "CNI_IFNAME"),
+    ("ifname-slash", {"CNI_IFNAME": "a/b"}, {}, 4, "CNI_IFNAME"),
+    ("netns-relative", {"CNI_NETNS": "var/run/netns/x"}, {}, 4, "CNI_NETNS"),
+    ("cni-args-no-equals", {"CNI_ARGS": "K8S_POD_NAME"}, {}, 4, "CNI_ARGS"),
+    ("cni-args-unknown-key", {"CNI_ARGS": "K8S_POD_NAME=p;FOO=1"}, {}, 4, "FOO"),
+    ("version-unsupported", {}, {"cniVersion": "0.3.1"}, 1, "0.3.1"),
+    ("version-newer", {}, {"cniVersion": "2.0.0"}, 1, "2.0.0"),
+    ("version-missing", {}, {"cniVersion": DROP}, 1, "cniVersion"),
+    ("version-wrong-type", {}, {"cniVersion": 1.0}, 7, "cniVersion"),
+    ("json-malformed", {}, b'{"cniVersion": "1.0.0",', 6, "not valid JSON"),
+    ("json-empty", {}, b"", 6, "no network configuration"),
+    ("json-array", {}, b'["cniVersion"]', 6, "JSON object"),
+    ("json-not-utf8", {}, b'{"cniVersion": "1.0.0", "name": "\xff\xfe"}', 6, "UTF-8"),
+    ("stdin-oversized", {}, {"pad": "x" * (1 << 20)}, 6, "larger than 1048576 bytes"),
+    ("name-missing", {}, {"name": DROP}, 7, "name"),
+    ("name-bad-chars", {}, {"name": "bad name!"}, 7, "'bad name!'"),
+    ("type-wrong", {}, {"type": "bridge"}, 7, "'bridge'"),
+    ("mode-unknown", {}, {"mode": "macvtap"}, 7, "mode 'macvtap'"),
+    ("mtu-string", {}, {"mtu": "9001"}, 7, "mtu must be a number"),
+    ("mtu-bool", {}, {"mtu": True}, 7, "mtu must be a number"),
+    ("mtu-range", {}, {"mtu": 10}, 7, "mtu 10"),
+    ("socket-relative", {}, {"socket": "agent.sock"}, 7, "socket 'agent.sock'"),
+    ("socket-number", {}, {"socket": 5}, 7, "socket must be a string"),
+    ("timeout-negative", {}, {"timeout": -1}, 7, "timeout"),
+    ("prevresult-not-object", {}, {"prevResult": "x"}, 7, "prevResult must be an object"),
+    ("prevresult-ips-not-list", {}, {"prevResult": {"ips": {}}}, 7, "prevResult.ips"),
+    ("runtimeconfig-list", {}, {"runtimeConfig": []}, 7, "runtimeConfig"),
+    ("ipam-section", {}, {"ipam": {"type": "host-local"}}, 2, "ipam"),
+    ("check-no-prevresult", {"CNI_COMMAND": "CHECK"}, {}, 7, "prevResult is required"),
+    ("add-netns-missing", {"CNI_NETNS": "/run/netns/h4-no-such-ns"}, {}, 3,
+     "CNI_NETNS /run/netns/h4-no-such-ns does not exist"),
+    ("check-netns-missing", {"CNI_COMMAND": "CHECK", "CNI_NETNS": "/run/netns/h4-none"},
+     {"prevResult": PREV}, 3, "/run/netns/h4-none"),
+    ("gc-no-attachments", {"CNI_COMMAND": "GC"}, {"cniVersion": "1.1.0"}, 7,
+     "cni.dev/valid-attachments is required"),
+    ("gc-attachments-object", {"CNI_COMMAND": "GC"},
+     {"cniVersion": "1.1.0", "cni.dev/valid-attachments": {}}, 7, "must be a list"),
+    ("gc-attachment-string", {"CNI_COMMAND": "GC"},
+     {"cniVersion": "1.1.0", "cni.dev/valid-attachments": ["x"]}, 7,
+     "cni.dev/valid-attachments[0]"),
+    ("gc-attachment-no-ifname", {"CNI_COMMAND": "GC"},
+     {"cniVersion": "1.1.0", "cni.dev/valid-attachments": [ATTACHMENTS[0], {"containerID": "a"}]},
+     7, "cni.dev/valid-attachments[1].ifname"),
+    ("gc-attachment-id-number", {"CNI_COMMAND": "GC"},
+     {"cniVersion": "1.1.0", "cni.dev/valid-attachments": [{"containerID": 5, "ifname": "e"}]},
+     7, "[0].containerID"),
+    ("version-cmd-malformed", {"CNI_COMMAND": "VERSION"}, b"{", 6, "not valid JSON"),
+    ("version-cmd-bad-version", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "one"}', 7,
+     "'one'"),
+]
+
+
+def _stdin(spec, sock: str) -> bytes:
+    if isinstance(spec, bytes):
+        return spec
+    return json.dumps(conf(sock, **spec)).encode()
+
+
+def _env(overrides: dict, netns: str) -> dict:
+    env = {**ADD_ENV, "CNI_NETNS": f"/run/netns/{netns}", "CNI_PATH": "/nonexistent"}
+    if overrides.get("CNI_COMMAND") == "DEL":
+        env.pop("CNI_NETNS")
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def _error(proc) -> dict:
+    assert b"Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == 1, f"stdout must be exactly one JSON line: {proc.stdout!r}"
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("env_over,stdin,code,names",
+                         [case[1:] for case in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_refused_with_code_and_reason(cni_bin_dir, socket_recorder, make_netns,
+                                                   env_over, stdin, code, names):
+    pod = make_netns("h4bad")
+    sock_dir = os.path.dirname(socket_recorder.path)
+    before = _state(pod, sock_dir)
+    proc = run_plugin(cni_bin_dir, _env(env_over, pod), _stdin(stdin, socket_recorder.path))
+    err = _error(proc)
+    assert proc.returncode != 0
+    assert err["code"] == code, err
+    assert names in err["msg"], err
+    assert err["cniVersion"] in ("0.4.0", "1.0.0", "1.1.0")
+    # no state changed: nothing reached the agent, the pod namespace is as it was, no
+    # file appeared and a missing netns was not created
+    assert socket_recorder.connections == []
+    assert _state(pod, sock_dir) == before
+
+
+def _state(pod: str, sock_dir: str) -> tuple:
+    def ip(*args: str) -> str:
+        return subprocess.run(["ip", "-n", pod, "-o", *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    missing = [p for p in ("/run/netns/h4-no-such-ns", "/run/netns/h4-none") if os.path.exists(p)]
+    return ip("link"), ip("addr"), ip("route"), sorted(os.listdir(sock_dir)), missing
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
+def test_version_answers_in_the_version_asked(cni_bin_dir, version):
+    proc = run_plugin(cni_bin_dir, {"CNI_COMMAND": "VERSION"}, json.dumps({"cniVersion": version}))
+    assert proc.returncode == 0, proc.stdout
+    assert json.loads(proc.stdout) == {"cniVersion": version,
+                                       "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
+    assert proc.stderr == b""
+
+
+def test_version_without_stdin_answers_newest(cni_bin_dir):
+    proc = run_plugin(cni_bin_dir, {"CNI_COMMAND": "VERSION"}, b"")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
+
+
+@pytest.fixture
+def missing_sock(short_tmp) -> str:
+    return os.path.join(short_tmp, "agent.sock")
+
+
+def test_status_without_agent_is_50(cni_bin_dir, missing_sock):
+    stdin = json.dumps(conf(missing_sock, cniVersion="1.1.0"))
+    proc = run_plugin(cni_bin_dir, {"CNI_COMMAND": "STATUS"}, stdin)
+    err = _error(proc)
+    assert proc.returncode != 0 and err["code"] == 50
+    assert missing_sock in err["msg"] and err["cniVersion"] == "1.1.0"
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
+def test_add_without_agent_is_11(cni_bin_dir, missing_sock, make_netns, version):
+    pod = make_netns("h4add")
+    env = {**ADD_ENV, "CNI_NETNS": f"/run/netns/{pod}",
+           "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;X=1"}
+    proc = run_plugin(cni_bin_dir, env, json.dumps(conf(missing_sock, cniVersion=version)))
+    err = _error(proc)
+    assert proc.returncode != 0 and err["code"] == 11 and err["cniVersion"] == version
+    assert "agent unreachable" in err["msg"] and missing_sock in err["msg"]
+
+
+def test_check_and_gc_without_agent_are_11(cni_bin_dir, missing_sock, make_netns):
+    pod = make_netns("h4chk")
+    check_env = {**ADD_ENV, "CNI_COMMAND": "CHECK", "CNI_NETNS": f"/run/netns/{pod}"}
+    proc = run_plugin(cni_bin_dir, check_env, json.dumps(conf(missing_sock, prevResult=PREV)))
+    assert proc.returncode != 0 and _error(proc)["code"] == 11
+    gc = conf(missing_sock, cniVersion="1.1.0", **{"cni.dev/valid-attachments": ATTACHMENTS})
+    proc = run_plugin(cni_bin_dir, {"CNI_COMMAND": "GC"}, json.dumps(gc))
+    assert proc.returncode != 0 and _error(proc)["code"] == 11
+
+
+@pytest.mark.parametrize("netns", ["", "/run/netns/h4-gone"])
+def test_del_without_agent_succeeds_silently(cni_bin_dir, missing_sock, netns):
+    env = {**DEL_ENV, "CNI_NETNS": netns}
+    proc = run_plugin(cni_bin_dir, env, json.dumps(conf(missing_sock, prevResult=PREV)))
+    assert proc.returncode == 0 and proc.stdout == b""
+    assert b"reported as done" in proc.stderr and b"Traceback" not in proc.stderr
+    assert not os.path.exists(missing_sock)
+
+
+def test_stale_socket_file_counts_as_agent_down(cni_bin_dir, short_tmp, make_netns):
+    path = os.path.join(short_tmp, "agent.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)  # the file exists, nobody listens: connect is refused
+    stale.close()
+    pod = make_netns("h4stl")
+    proc = run_plugin(cni_bin_dir, {**ADD_ENV, "CNI_NETNS": f"/run/netns/{pod}"},
+                      json.dumps(conf(path)))
+    err = _error(proc)
+    assert err["code"] == 11 and "refused" in err["msg"]
+    proc = run_plugin(cni_bin_dir, DEL_ENV, json.dumps(conf(path)))
+    assert proc.returncode == 0 and proc.stdout == b""
+
+
+def test_agent_that_never_answers_times_out(cni_bin_dir, short_tmp, make_netns):
+    """A hung agent: ADD fails with 11 after the configured timeout, and DEL does not
+    pretend success (the agent may be half-way through it)."""
+    path = os.path.join(short_tmp, "agent.sock")
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        hung.bind(path)
+        hung.listen(8)  # accepts into the backlog, never answers
+        pod = make_netns("h4hng")
+        proc = run_plugin(cni_bin_dir, {**ADD_ENV, "CNI_NETNS": f"/run/netns/{pod}"},
+                          json.dumps(conf(path, timeout=0.3)))
+        err = _error(proc)
+        assert err["code"] == 11 and "did not answer" in err["msg"], err
+        proc = run_plugin(cni_bin_dir, DEL_ENV, json.dumps(conf(path, timeout=0.3)))
+        err = _error(proc)
+        assert proc.returncode != 0 and err["code"] == 11 and "did not answer" in err["msg"]
+    finally:
+        hung.close()
