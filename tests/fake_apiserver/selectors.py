@@ -88,14 +88,18 @@ def parse_label_selector(text: str) -> Callable[[Obj], bool]:
         for r in reqs:
             have = r.key in labels
             value = labels.get(r.key)
-            ok = {
-                "exists": have,
-                "!exists": not have,
-                "=": have and value == r.values[0],
-                "!=": not have or value != r.values[0],
-                "in": have and value in r.values,
-                "notin": not have or value not in r.values,
-            }[r.op]
+            if r.op == "exists":
+                ok = have
+            elif r.op == "!exists":
+                ok = not have
+            elif r.op == "=":
+                ok = have and value == r.values[0]
+            elif r.op == "!=":
+                ok = not have or value != r.values[0]
+            elif r.op == "in":
+                ok = have and value in r.values
+            else:
+                ok = not have or value not in r.values
             if not ok:
                 return False
         return True

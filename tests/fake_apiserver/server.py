@@ -88,6 +88,7 @@ class FakeApiServer:
         self.requests: list[RequestRecord] = []
         self.faults: list[Fault] = []
         self.latency: list[tuple[str | None, float]] = []
+        self.in_flight_delayed = 0  # requests being held by an injected delay right now
         self.down = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -193,6 +194,20 @@ class FakeApiServer:
         with self._lock:
             return max((s for p, s in self.latency if p is None or p in path), default=0.0)
 
+    def wait_latency(self, path: str) -> None:
+        """Hold the request for the injected delay; lifting the delay releases it early."""
+        if not self.delay_for(path):
+            return
+        start = time.monotonic()
+        with self._lock:
+            self.in_flight_delayed += 1
+        try:
+            while not self.stopping.is_set() and time.monotonic() - start < self.delay_for(path):
+                self.stopping.wait(0.02)
+        finally:
+            with self._lock:
+                self.in_flight_delayed -= 1
+
     def log(self, record: RequestRecord) -> None:
         with self._lock:
             self.requests.append(record)
@@ -244,9 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = 200
         try:
             body = self._read_body()
-            delay = api.delay_for(url.path)
-            if delay and api.stopping.wait(delay):
-                raise ApiError(503, "ServiceUnavailable", "server is stopping")
+            api.wait_latency(url.path)
             if api.down.is_set():
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
