@@ -88,3 +88,25 @@ class SnatConfig:
     vpc_cidrs: tuple[str, ...]
     excluded_cidrs: tuple[str, ...] = ()
     enabled: bool = True
+
+
+# The contract functions, imported on first use so that ``import cni.datapath`` stays cheap
+# (no pyroute2) for modules that only need the types above.
+_EXPORTS = {
+    "ensure_eni": "cni.datapath.eni",
+    "ensure_host_sysctls": "cni.datapath.eni",
+    "setup_pod": "cni.datapath.pods",
+    "teardown_pod": "cni.datapath.pods",
+    "check_pod": "cni.datapath.pods",
+    "ensure_snat": "cni.datapath.snat",
+    "remove_snat": "cni.datapath.snat",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
