@@ -302,11 +302,13 @@ class Store:
                        [(ip, eni_id) for ip in ips])
 
     def reserve_free(self, eni_id: str, count: int) -> list[str]:
-        """Mark up to ``count`` free (never cooling) addresses of the ENI as releasing, so no
+        """Mark up to ``count`` free (never still-cooling) addresses of the ENI as releasing, so no
         borrow takes them while the pool gives them back to the cloud."""
+        now = self._clock()
         with self._tx() as db:
-            rows = db.execute("SELECT ip FROM addresses WHERE eni_id = ? AND state = 'free'"
-                              " ORDER BY ip DESC LIMIT ?", (eni_id, count)).fetchall()
+            rows = db.execute("SELECT ip FROM addresses WHERE eni_id = ? AND (state = 'free'"
+                              " OR (state = 'cooling' AND cooldown_until <= ?))"
+                              " ORDER BY ip DESC LIMIT ?", (eni_id, now, count)).fetchall()
             ips = [r[0] for r in rows]
             db.executemany("UPDATE addresses SET state = 'releasing' WHERE ip = ?",
                            [(ip,) for ip in ips])

@@ -1,0 +1,102 @@
+"""Assembles one node agent: store, cloud, pool loop, datapath, socket API, status endpoint.
+
+Start order: status endpoint (healthz answers, readyz says 503), open the store, discover
+the node, prepare the host datapath, reconcile with the cloud (retried until it works),
+THEN start the pool loop and serve the socket. Stop is the reverse and leaves the pods,
+the addresses and the database as they are: a restarted agent picks them up.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from cloud import errors as ce
+from cloud.api import Cloud
+from cni.datapath import SnatConfig
+
+from ipam_daemon.api import UnixHTTPServer
+from ipam_daemon.config import AgentConfig
+from ipam_daemon.metrics import Metrics
+from ipam_daemon.pool import Pool
+from ipam_daemon.reconcile import Node, discover_node
+from ipam_daemon.service import Service
+from ipam_daemon.status import StatusServer
+from ipam_daemon.store import Store
+from ipam_daemon.wiring import Wiring, build_wiring
+
+logger = logging.getLogger(__name__)
+
+
+def build_cloud(config: AgentConfig, metrics: Metrics) -> Cloud:
+    from cloud.ec2 import Ec2Cloud
+
+    return Ec2Cloud(config.region, endpoint_url=config.cloud_endpoint or None,
+                    read_timeout=config.cloud_timeout, on_call=metrics.on_call)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, cloud: Cloud | None = None,
+                 wiring: Wiring | None = None,
+                 node_resolver: Callable[[Cloud, AgentConfig], Node] = discover_node) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.cloud = cloud if cloud is not None else build_cloud(config, self.metrics)
+        self.wiring = wiring if wiring is not None else build_wiring(config.datapath)
+        self._node_resolver = node_resolver  # the Kubernetes module plugs in here
+        self.stopping = threading.Event()
+        self.store: Store | None = None
+        self.pool: Pool | None = None
+        self.service: Service | None = None
+        self.socket: UnixHTTPServer | None = None
+        self.status: StatusServer | None = None
+
+    def _resolve_node(self) -> Node:
+        delay = 0.5
+        while True:
+            try:
+                return self._node_resolver(self.cloud, self.config)
+            except ce.RetryableCloudError as exc:
+                logger.warning("cannot describe this node yet (%s); retrying in %.1fs", exc,
+                               delay)
+                if self.stopping.wait(delay):
+                    raise
+                delay = min(delay * 2, 30.0)
+
+    def start(self) -> None:
+        self.store = Store(self.config.state_path)
+        node = self._resolve_node()
+        self.pool = Pool(self.config, self.cloud, self.store, node, wiring=self.wiring,
+                         metrics=self.metrics, stop=self.stopping)
+        self.service = Service(self.config, self.store, self.pool, self.wiring, self.metrics)
+        self.metrics.watch_pool(self.service.pool_summary)
+        if self.config.status_port >= 0:
+            self.status = StatusServer(self.config.status_address, self.config.status_port,
+                                       self.service, self.metrics)
+            self.status.start()
+        self.wiring.prepare_host(SnatConfig(node.instance.primary_ip, (), tuple(
+            self.config.snat_excluded_cidrs), self.config.snat))
+        self.pool.reconcile_until_done()
+        if self.stopping.is_set():
+            return
+        self.pool.start()
+        self.socket = UnixHTTPServer(self.config.socket_path, self.service)
+        self.socket.start()
+        logger.info("agent ready: node %s, instance %s, datapath %s", node.name,
+                    node.instance.id, self.config.datapath)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.socket is not None:
+            self.socket.stop()
+        if self.pool is not None:
+            self.pool.stop()
+        if self.status is not None:
+            self.status.stop()
+        close = getattr(self.cloud, "close", None)
+        if callable(close):
+            close()
+        self.wiring.shutdown()
+        if self.store is not None:
+            self.store.close()
+        logger.info("agent stopped")

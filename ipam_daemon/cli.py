@@ -1,0 +1,60 @@
+"""``underlay-status``: the pool as a table, from the status endpoint or the agent socket."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import urllib.request
+
+from ipam_daemon.client import AgentClient
+
+logger = logging.getLogger(__name__)
+
+
+def fetch_pool(endpoint: str | None, socket_path: str | None, timeout: float = 5.0) -> dict:
+    if socket_path:
+        client = AgentClient(socket_path, timeout)
+        try:
+            status, body = client.get("/v1/pool")
+        finally:
+            client.close()
+        if status != 200:
+            raise RuntimeError(f"agent answered {status}: {body}")
+        return body
+    with urllib.request.urlopen(f"{endpoint.rstrip('/')}/v1/pool", timeout=timeout) as reply:
+        return json.load(reply)
+
+
+def format_pool(pool: dict) -> str:
+    lines = [f"capacity {pool['capacity']}  held {pool['total']}  assigned {pool['assigned']}"
+             f"  warm {pool['warm']}  cooling {pool['cooling']}  ENIs {pool['enis']}"
+             f"/{pool['max_enis']}  ready {'yes' if pool['ready'] else 'no'}"]
+    if pool.get("blocked"):
+        lines.append(f"blocked (code {pool['blocked']['code']}): {pool['blocked']['msg']}")
+    header = ("ENI", "DEV", "SUBNET", "CAP", "FREE", "ASSIGNED", "COOLING")
+    rows = [header] + [(e["id"] + (" *" if e["primary"] else ""), str(e["device_index"]),
+                        e["subnet"], str(e["capacity"]), str(e["free"]), str(e["assigned"]),
+                        str(e["cooling"])) for e in pool["per_eni"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="underlay-status", description=__doc__)
+    parser.add_argument("--endpoint", default="http://127.0.0.1:61680")
+    parser.add_argument("--socket", help="read from the agent socket instead of the endpoint")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON")
+    args = parser.parse_args(argv)
+    try:
+        pool = fetch_pool(args.endpoint, args.socket)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"underlay-status: cannot read the pool: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(pool, indent=2) if args.json else format_pool(pool))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The warm-pool loop: reads counts from the store, asks the pure policy what to do, and
+does it against the cloud. It is the only thread that changes cloud state, so reconcile,
+grow, shrink and leaked-ENI GC never race each other.
+
+Crash safety (the agent may be killed at any instant):
+- grow: the cloud assigns, then the store records; a kill in between leaves addresses the
+  cloud holds and the store does not know, which the startup reconcile adds as free.
+- shrink: the store marks addresses ``releasing`` (no borrow can take them), the cloud
+  unassigns, the store forgets them; reconcile resolves a kill at either point.
+- new ENI: created and attached in ``cloud.provision``; a kill leaves an attached ENI
+  (adopted by reconcile) or an unattached one (deleted by leaked-ENI GC).
+
+After a failure the loop backs off (subnet exhausted: ``subnet_full_backoff``; throttled or
+unavailable: exponential up to 30 s) and remembers why: a borrow that starves reports it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from cloud import errors as ce
+from cloud.api import Cloud
+from cloud.types import EniId
+from cni.spec import Code
+
+from ipam_daemon.config import AgentConfig
+from ipam_daemon.metrics import Metrics
+from ipam_daemon.policy import Action, Blocker, EniCounts, Kind, Limits, Targets, decide
+from ipam_daemon.reconcile import (
+    Node, SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
+)
+from ipam_daemon.store import Store
+from ipam_daemon.wiring import Wiring
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why the pool cannot grow: a CNI code and a message with the numbers."""
+
+    code: Code
+    message: str
+
+
+class Pool:
+    def __init__(self, config: AgentConfig, cloud: Cloud, store: Store, node: Node, *,
+                 wiring: Wiring, metrics: Metrics | None = None, clock=time.time,
+                 monotonic=time.monotonic, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.cloud = cloud
+        self.store = store
+        self.node = node
+        self.wiring = wiring
+        self.metrics = metrics
+        self.subnets = SubnetCache(cloud)
+        self.targets = Targets(config.warm_ips, config.min_ips, config.max_ips,
+                               config.warm_enis, config.max_enis, config.batch_size,
+                               config.eni_min_age)
+        self.limits = Limits(node.limits.max_enis, node.limits.ips_per_eni)
+        self.reconciled = threading.Event()
+        self._clock = clock
+        self._monotonic = monotonic
+        self._stop = stop if stop is not None else threading.Event()
+        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self._blocked: Blocked | None = None
+        self._backoff_until = 0.0
+        self._backoff = 0.0
+        self._last_shrink = -float("inf")
+        self._next_reconcile = 0.0
+        self._next_leak_gc = 0.0
+        self._thread: threading.Thread | None = None
+
+    # ---- what borrowers see -------------------------------------------------------------
+
+    @property
+    def blocked(self) -> Blocked | None:
+        return self._blocked
+
+    def wake(self) -> None:
+        """A borrow took the pool below target, or found it empty: act now."""
+        self._wake.set()
+
+    def wait_for_change(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _set_blocked(self, blocked: Blocked | None) -> None:
+        if blocked != self._blocked:
+            if blocked is not None:
+                logger.warning("pool cannot grow: %s", blocked.message)
+            elif self._blocked is not None:
+                logger.info("pool can grow again (was: %s)", self._blocked.message)
+        self._blocked = blocked
+        self._notify()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def reconcile_until_done(self) -> None:
+        """The startup reconcile; retried (with backoff) until it succeeds or we stop."""
+        delay = min(self.config.pool_interval, 1.0)
+        while not self._stop.is_set():
+            try:
+                self.reconcile()
+                self.reconciled.set()
+                return
+            except ce.CloudError as exc:
+                logger.warning("startup reconcile failed (%s); retrying in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+
+    def reconcile(self) -> None:
+        report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.wiring,
+                                self.config.mtu, clock=self._clock)
+        self._next_reconcile = self._monotonic() + self.config.reconcile_interval
+        logger.info("reconciled: %d ENIs, %d addresses, adopted %s, lost %s", report.enis,
+                    report.addresses, list(report.adopted), list(report.lost))
+        self._notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="pool", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                acted = self.step()
+            except Exception:
+                logger.exception("pool step failed")
+                acted = False
+                self._stop.wait(self.config.pool_interval)
+            if acted:
+                continue
+            self._wake.wait(self.config.pool_interval)
+            self._wake.clear()
+
+    # ---- one step -----------------------------------------------------------------------
+
+    def counts(self) -> tuple[EniCounts, ...]:
+        now = self._clock()
+        return tuple(
+            EniCounts(u.eni.id, self.limits.secondary_per_eni, u.free, u.assigned, u.cooling,
+                      u.releasing, u.eni.is_primary, max(now - u.eni.created_at, 0.0))
+            for u in self.store.usage() if not u.eni.deleting)
+
+    def step(self) -> bool:
+        """Do at most one thing; True when something was done (look again at once)."""
+        now = self._monotonic()
+        try:
+            if now >= self._next_reconcile:
+                self.reconcile()
+            if now >= self._next_leak_gc:
+                self._next_leak_gc = now + self.config.leaked_eni_interval
+                collect_leaked_enis(self.cloud, self.node.cluster, self.config.leaked_eni_age)
+        except ce.CloudError as exc:
+            logger.warning("reconcile/GC failed: %s", exc)
+            self._next_reconcile = now + self.config.pool_interval
+        if now < self._backoff_until:
+            return False
+        action = decide(self.counts(), self.targets, self.limits)
+        if action.kind is Kind.NOTHING:
+            self._note_policy_blocker(action)
+            return False
+        if action.kind in (Kind.UNASSIGN, Kind.DELETE_ENI):
+            if now - self._last_shrink < self.config.shrink_interval:
+                return False
+            self._last_shrink = now
+        try:
+            self._act(action)
+        except ce.CloudError as exc:
+            self._record_failure(action, exc)
+            return False
+        finally:
+            self._notify()
+        self._backoff = 0.0
+        if action.kind in (Kind.ASSIGN, Kind.CREATE_ENI):
+            self._set_blocked(None)
+        if self.metrics:
+            self.metrics.pool_actions.labels(action.kind.value, "ok").inc()
+        return True
+
+    def _note_policy_blocker(self, action: Action) -> None:
+        if action.blocker is Blocker.ENI_LIMIT:
+            self._set_blocked(Blocked(Code.ENI_LIMIT_REACHED, action.reason))
+        elif action.blocker is Blocker.MAX_IPS:
+            self._set_blocked(Blocked(Code.NO_CAPACITY, action.reason))
+        else:
+            self._set_blocked(None)
+
+    def _act(self, action: Action) -> None:
+        logger.info("pool: %s %s %s (%s)", action.kind.value, action.count or "",
+                    action.eni_id, action.reason)
+        if action.kind is Kind.ASSIGN:
+            ips = self.cloud.assign_ips(EniId(action.eni_id), action.count)
+            self.store.add_addresses(action.eni_id, ips)
+        elif action.kind is Kind.CREATE_ENI:
+            self._create_eni(action.count)
+        elif action.kind is Kind.UNASSIGN:
+            ips = self.store.reserve_free(action.eni_id, action.count)
+            if not ips:
+                return
+            try:
+                self.cloud.unassign_ips(EniId(action.eni_id), ips)
+            except ce.NotFound:
+                pass  # already gone: forget them
+            except BaseException:
+                self.store.unreserve(ips)
+                raise
+            self.store.remove_addresses(ips)
+        elif action.kind is Kind.DELETE_ENI:
+            self._delete_eni(action.eni_id)
+
+    def _create_eni(self, count: int) -> None:
+        from cloud.provision import provision_eni
+
+        subnet_id = self._pick_subnet(count)
+        eni = provision_eni(self.cloud, self.node.instance, self.node.limits, subnet_id,
+                            self.node.security_groups, count, self.node.cluster,
+                            self.node.name)
+        known = {e.id: e for e in self.store.enis()}
+        record = eni_record(eni, self.node, self.subnets, known, self._clock())
+        self.wiring.ensure_eni(eni_link(record, self.config.mtu))
+        self.store.add_eni(record, eni.secondary_ips)
+        logger.info("pool: ENI %s attached at device %d with %d addresses", eni.id,
+                    record.device_index, len(eni.secondary_ips))
+
+    def _pick_subnet(self, count: int) -> str:
+        """The configured subnet with the most free addresses; exhausted ones are named."""
+        subnets = self.subnets.describe(self.node.subnet_ids)
+        usable = [s for s in subnets if s.free_addresses >= count + 1]
+        if not usable:
+            numbers = ", ".join(f"{s.id} ({s.cidr}) has {s.free_addresses} free" for s in subnets)
+            raise ce.SubnetExhausted(f"no subnet can hold a new ENI with {count} addresses:"
+                                     f" {numbers}", code="InsufficientFreeAddressesInSubnet",
+                                     action="CreateNetworkInterface")
+        return max(usable, key=lambda s: s.free_addresses).id
+
+    def _delete_eni(self, eni_id: str) -> None:
+        from cloud.provision import release_eni
+
+        ips = self.store.reserve_eni(eni_id)
+        if ips is None:
+            return
+        try:
+            eni = self.cloud.describe_eni(EniId(eni_id))
+            release_eni(self.cloud, eni)
+        except ce.NotFound:
+            pass
+        except BaseException:
+            self.store.unreserve(ips, eni_id)
+            raise
+        self.store.remove_eni(eni_id)
+        logger.info("pool: deleted idle ENI %s", eni_id)
+
+    def _record_failure(self, action: Action, exc: ce.CloudError) -> None:
+        if self.metrics:
+            self.metrics.pool_actions.labels(action.kind.value, type(exc).__name__).inc()
+        now = self._monotonic()
+        if isinstance(exc, ce.SubnetExhausted):
+            self._set_blocked(Blocked(Code.SUBNET_EXHAUSTED, self._subnet_message(exc)))
+            wait = self.config.subnet_full_backoff
+        elif isinstance(exc, ce.EniLimitReached):
+            ceiling = self.limits.max_enis
+            self._set_blocked(Blocked(Code.ENI_LIMIT_REACHED, f"ENI limit reached: the cloud"
+                                      f" refused another ENI ({len(self.counts())} of"
+                                      f" {ceiling} attached): {exc}"))
+            wait = self.config.subnet_full_backoff
+            self._next_reconcile = now  # our view of the ENIs may be stale
+        elif isinstance(exc, ce.IpLimitReached):
+            self._next_reconcile = now
+            wait = self.config.pool_interval
+        elif isinstance(exc, ce.PermissionDenied):
+            self._set_blocked(Blocked(Code.CLOUD_PERMISSION_DENIED,
+                                      f"cloud permission denied for {exc.action}: {exc}"))
+            wait = MAX_BACKOFF
+        elif isinstance(exc, ce.RetryableCloudError):
+            kind = "throttled" if isinstance(exc, ce.Throttled) else "unavailable"
+            self._set_blocked(Blocked(Code.CLOUD_THROTTLED if kind == "throttled" else
+                                      Code.TRY_AGAIN_LATER,
+                                      f"cloud API {kind} on {exc.action or action.kind.value}:"
+                                      f" {exc}"))
+            self._backoff = min(max(self._backoff * 2, self.config.pool_interval), MAX_BACKOFF)
+            wait = self._backoff
+        else:
+            wait = self.config.pool_interval
+            self._next_reconcile = now
+        self._backoff_until = now + wait
+        logger.warning("pool %s failed (%s: %s); next try in %.1fs", action.kind.value,
+                       type(exc).__name__, exc, wait)
+
+    def _subnet_message(self, exc: ce.CloudError) -> str:
+        try:
+            subnets = self.subnets.describe(self.node.subnet_ids)
+            numbers = "; ".join(f"{s.id} ({s.cidr}): {s.free_addresses} free addresses"
+                                for s in subnets)
+        except ce.CloudError:
+            numbers = "free addresses unknown (describe failed)"
+        return f"subnet exhausted: {numbers}"

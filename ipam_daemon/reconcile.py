@@ -1,0 +1,143 @@
+"""Who this node is in the cloud, and making the store agree with what the cloud holds.
+
+``reconcile_enis`` runs before the agent serves and then periodically, always on the pool
+loop's thread (the only thread that changes cloud state), so it never races a grow or a
+shrink: what each attached ENI of ours really holds is written to the store in one
+transaction. Our ENIs are the primary ENI and those tagged with our cluster; anything else
+attached to the instance belongs to someone else and is left alone.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cloud.api import Cloud
+from cloud.types import TAG_CLUSTER, Eni, Instance, InstanceId, InstanceLimits, Subnet, SubnetId
+from cni.datapath import EniLink
+
+from ipam_daemon.config import AgentConfig
+from ipam_daemon.store import EniRecord, Store
+from ipam_daemon.wiring import Wiring
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Node:
+    """The node as the cloud sees it. Kubernetes (providerID) will supply ``instance_id``
+    and per-node overrides later; until then both come from the configuration."""
+
+    name: str
+    cluster: str
+    instance: Instance
+    limits: InstanceLimits
+    subnet_ids: tuple[SubnetId, ...]
+    security_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    enis: int
+    addresses: int
+    adopted: tuple[str, ...] = ()
+    lost: tuple[str, ...] = field(default=())
+
+
+def discover_node(cloud: Cloud, config: AgentConfig) -> Node:
+    if not config.instance_id:
+        raise ValueError("instance_id: required (set it in the configuration or"
+                         " UNDERLAY_INSTANCE_ID; Kubernetes node identity is not wired yet)")
+    instance = cloud.describe_instance(InstanceId(config.instance_id))
+    limits = cloud.instance_limits(instance.instance_type)
+    subnets = tuple(SubnetId(s) for s in config.subnets) or (instance.subnet_id,)
+    groups = tuple(config.security_groups) or tuple(instance.security_groups)
+    node = Node(config.node_name or instance.id, config.cluster, instance, limits, subnets,
+                groups)
+    logger.info("node %s: instance %s (%s: %d ENIs x %d IPs), subnets %s", node.name,
+                instance.id, limits.instance_type, limits.max_enis, limits.ips_per_eni,
+                ",".join(subnets))
+    return node
+
+
+class SubnetCache:
+    """Subnet CIDRs never change; free-address counts are read fresh when a message needs
+    them."""
+
+    def __init__(self, cloud: Cloud) -> None:
+        self._cloud = cloud
+        self._cidrs: dict[str, str] = {}
+
+    def cidr(self, subnet_id: str) -> str:
+        if subnet_id not in self._cidrs:
+            for subnet in self._cloud.describe_subnets([SubnetId(subnet_id)]):
+                self._cidrs[subnet.id] = subnet.cidr
+        return self._cidrs[subnet_id]
+
+    def describe(self, subnet_ids: Sequence[str]) -> list[Subnet]:
+        subnets = self._cloud.describe_subnets([SubnetId(s) for s in subnet_ids])
+        for subnet in subnets:
+            self._cidrs[subnet.id] = subnet.cidr
+        return subnets
+
+
+def is_ours(eni: Eni, node: Node) -> bool:
+    return eni.id == node.instance.primary_eni_id or eni.tag(TAG_CLUSTER) == node.cluster
+
+
+def eni_record(eni: Eni, node: Node, subnets: SubnetCache, known: dict[str, EniRecord],
+               now: float) -> EniRecord:
+    created = eni.created_at
+    if created is not None:
+        created_at = created.timestamp()
+    elif eni.id in known:
+        created_at = known[eni.id].created_at
+    else:
+        created_at = now
+    return EniRecord(eni.id, eni.mac, eni.subnet_id, subnets.cidr(eni.subnet_id),
+                     eni.device_index or 0, eni.primary_ip,
+                     eni.id == node.instance.primary_eni_id, created_at)
+
+
+def eni_link(record: EniRecord, mtu: int) -> EniLink:
+    gateway = str(ipaddress.ip_network(record.subnet_cidr).network_address + 1)
+    return EniLink(record.mac, record.device_index, record.subnet_cidr, gateway, mtu)
+
+
+def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
+                   wiring: Wiring, mtu: int, *, clock=time.time) -> ReconcileReport:
+    """Make the store hold exactly what the cloud says our attached ENIs hold."""
+    known = {e.id: e for e in store.enis()}
+    attached = [e for e in cloud.list_enis(node.instance.id) if is_ours(e, node)]
+    now = clock()
+    view = [(eni_record(e, node, subnets, known, now), e.secondary_ips) for e in attached]
+    lost = store.apply_cloud_view(view)
+    for allocation in lost:
+        logger.error("LOST ADDRESS: the cloud no longer holds %s of pod %s/%s (container %s,"
+                     " ENI %s); the allocation is kept, flagged lost, until it is released",
+                     allocation.ip, allocation.pod.namespace, allocation.pod.name,
+                     allocation.key.container_id, allocation.eni_id)
+    adopted = tuple(r.id for r, _ in view if r.id not in known)
+    for record, _ in view:
+        wiring.ensure_eni(eni_link(record, mtu))
+    if adopted:
+        logger.info("reconcile: adopted ENIs %s", ", ".join(adopted))
+    return ReconcileReport(len(view), sum(len(ips) for _, ips in view), adopted,
+                           tuple(a.ip for a in lost))
+
+
+def collect_leaked_enis(cloud: Cloud, cluster: str, older_than: float) -> list[str]:
+    """Delete our cluster's ENIs left unattached (an agent killed between create and attach,
+    or between detach and delete). Foreign and young ENIs are never listed."""
+    deleted = []
+    for eni in cloud.list_leaked_enis(cluster, older_than):
+        try:
+            cloud.delete_eni(eni.id)
+        except Exception as exc:  # one failure must not stop the sweep
+            logger.warning("leaked ENI %s not deleted: %s", eni.id, exc)
+            continue
+        logger.info("deleted leaked ENI %s (%s)", eni.id, eni.primary_ip)
+        deleted.append(eni.id)
+    return deleted

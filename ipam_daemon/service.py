@@ -1,0 +1,272 @@
+"""What the agent does for a CNI request, independent of HTTP: attach (borrow + wire),
+detach (unwire + release), check, gc, and the read-only views of the pool.
+
+Errors leave as ``CniError`` with a code from ``cni.spec.Code`` and a message that names
+the cause; the HTTP layer maps anything else to 107 in one place.
+
+``release_allocation`` is THE release path: DEL, CNI GC and (later) the Kubernetes pod-GC
+loop all go through it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from cni.datapath import DatapathError, Mode, PodSpec
+from cni.spec import Code, CniError
+
+from ipam_daemon.config import AgentConfig
+from ipam_daemon.metrics import Metrics
+from ipam_daemon.pool import Pool
+from ipam_daemon.reconcile import eni_link
+from ipam_daemon.store import Allocation, AllocationKey, PodInfo, Store
+from ipam_daemon.wiring import Wiring
+
+logger = logging.getLogger(__name__)
+
+LINK_LOCAL_GW = "169.254.1.1"
+
+
+@dataclass(frozen=True)
+class AttachCall:
+    cni_version: str
+    key: AllocationKey
+    netns: str
+    mode: str
+    pod: PodInfo
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class DetachCall:
+    key: AllocationKey
+    netns: str = ""
+
+
+@dataclass(frozen=True)
+class CheckCall:
+    key: AllocationKey
+    netns: str
+    prev_ips: tuple[str, ...] = ()
+
+
+class Service:
+    def __init__(self, config: AgentConfig, store: Store, pool: Pool, wiring: Wiring,
+                 metrics: Metrics | None = None, *, monotonic=time.monotonic) -> None:
+        self.config = config
+        self.store = store
+        self.pool = pool
+        self.wiring = wiring
+        self.metrics = metrics
+        self._monotonic = monotonic
+
+    # ---- attach ---------------------------------------------------------------------------
+
+    def attach(self, call: AttachCall) -> dict:
+        if not self.config.ipam_only and call.mode != self.config.datapath:
+            raise CniError(Code.INVALID_CONFIG, f"mode {call.mode!r} requested but this agent"
+                           f" runs the {self.config.datapath} datapath")
+        started = self._monotonic()
+        try:
+            allocation = self.borrow(call.key, call.pod)
+        except CniError as exc:
+            if self.metrics:
+                self.metrics.attach_errors.labels(str(exc.code)).inc()
+            raise
+        if self.metrics:
+            self.metrics.borrow_seconds.observe(self._monotonic() - started)
+        with contextlib.ExitStack() as undo:
+            undo.callback(self._rollback, allocation)
+            wired = None
+            if not self.config.ipam_only:
+                spec = self._pod_spec(allocation, call.netns, call.mtu)
+                try:
+                    wired = self.wiring.setup_pod(spec)
+                except DatapathError as exc:
+                    raise CniError(Code.DATAPATH_FAILURE, f"wiring pod {allocation.ip} failed:"
+                                   f" {exc}") from None
+            undo.pop_all()
+        logger.info("attach %s/%s container %s %s -> %s (ENI %s)", call.pod.namespace,
+                    call.pod.name, call.key.container_id, call.key.ifname, allocation.ip,
+                    allocation.eni_id)
+        return self._result(call, allocation, wired)
+
+    def _rollback(self, allocation: Allocation) -> None:
+        logger.warning("attach of %s failed; returning %s", allocation.key.container_id,
+                       allocation.ip)
+        try:
+            self.release_allocation(allocation, reason="attach rollback", teardown=True)
+        except Exception:
+            logger.exception("rollback of %s failed", allocation.key.container_id)
+
+    def borrow(self, key: AllocationKey, pod: PodInfo) -> Allocation:
+        """Borrow, waiting up to ``borrow_wait_seconds`` for the pool to refill, then fail
+        with the precise reason."""
+        deadline = self._monotonic() + self.config.borrow_wait_seconds
+        while True:
+            allocation = self.store.borrow(key, pod)
+            self.pool.wake()
+            if allocation is not None:
+                return allocation
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                raise self._starved()
+            self.pool.wait_for_change(min(remaining, 0.2))
+
+    def _starved(self) -> CniError:
+        totals = self.pool_summary()
+        numbers = (f"{totals['available']} available, {totals['assigned']} assigned,"
+                   f" {totals['cooling']} cooling, {totals['total']} held on"
+                   f" {totals['enis']} ENIs")
+        blocked = self.pool.blocked
+        if blocked is not None:
+            return CniError(blocked.code, blocked.message, numbers)
+        if not self.pool.reconciled.is_set():
+            return CniError(Code.TRY_AGAIN_LATER, "agent not ready: first reconcile pending",
+                            numbers)
+        return CniError(Code.NO_CAPACITY, f"no free address: the pool did not refill within"
+                        f" {self.config.borrow_wait_seconds:g}s ({numbers})", numbers)
+
+    def _pod_spec(self, allocation: Allocation, netns: str, mtu: int | None) -> PodSpec:
+        eni = next((e for e in self.store.enis() if e.id == allocation.eni_id), None)
+        if eni is None:
+            raise CniError(Code.AGENT_INTERNAL, f"ENI {allocation.eni_id} of {allocation.ip}"
+                           " is not in the store")
+        link = eni_link(eni, self.config.mtu)
+        return PodSpec(allocation.key.container_id, allocation.key.ifname, netns or
+                       allocation.pod.netns, allocation.ip, link, Mode(self.config.datapath),
+                       mtu or self.config.mtu, allocation.pod.namespace, allocation.pod.name)
+
+    def _result(self, call: AttachCall, allocation: Allocation, wired) -> dict:
+        ipvlan = self.config.datapath == "ipvlan"
+        prefix, gateway = 32, LINK_LOCAL_GW
+        eni = next((e for e in self.store.enis() if e.id == allocation.eni_id), None)
+        if ipvlan and eni is not None:
+            link = eni_link(eni, self.config.mtu)
+            prefix, gateway = int(link.subnet_cidr.split("/")[1]), link.gateway
+        interfaces: list[dict] = []
+        if wired is not None and not ipvlan:
+            interfaces.append({"name": wired.host_ifname})
+        pod_if: dict = {"name": call.key.ifname, "sandbox": call.netns}
+        if wired is not None:
+            pod_if["mac"] = wired.pod_mac
+        interfaces.append(pod_if)
+        ip: dict = {"address": f"{allocation.ip}/{prefix}", "gateway": gateway,
+                    "interface": len(interfaces) - 1}
+        if call.cni_version.startswith("0."):
+            ip["version"] = "4"
+        return {"cniVersion": call.cni_version, "interfaces": interfaces, "ips": [ip],
+                "routes": [{"dst": "0.0.0.0/0", "gw": gateway}], "dns": {}}
+
+    # ---- detach / check / gc ---------------------------------------------------------------
+
+    def detach(self, call: DetachCall) -> None:
+        allocation = self.store.get_allocation(call.key)
+        if allocation is None:
+            logger.info("detach %s %s: no allocation (already released)",
+                        call.key.container_id, call.key.ifname)
+            return
+        self.release_allocation(allocation, reason="detach", teardown=True, netns=call.netns)
+
+    def release_allocation(self, allocation: Allocation, *, reason: str, teardown: bool = True,
+                           netns: str = "") -> None:
+        """Unwire (if asked and wired), then return the address to the pool, cooling."""
+        if teardown and not self.config.ipam_only:
+            try:
+                self.wiring.teardown_pod(self._pod_spec(allocation, netns, None))
+            except DatapathError as exc:
+                raise CniError(Code.DATAPATH_FAILURE, f"unwiring {allocation.ip} of container"
+                               f" {allocation.key.container_id} failed: {exc}") from None
+        released = self.store.release(allocation.key, self.config.cooldown_seconds)
+        if released is not None:
+            logger.info("release %s/%s container %s %s: %s (%s)", released.pod.namespace,
+                        released.pod.name, released.key.container_id, released.key.ifname,
+                        released.ip, reason)
+        self.pool.wake()
+
+    def check(self, call: CheckCall) -> None:
+        allocation = self.store.get_allocation(call.key)
+        if allocation is None:
+            raise CniError(Code.CHECK_FAILED, f"no allocation for container"
+                           f" {call.key.container_id} {call.key.ifname} in network"
+                           f" {call.key.network}")
+        if allocation.lost:
+            raise CniError(Code.CHECK_FAILED, f"address {allocation.ip} of container"
+                           f" {call.key.container_id} is no longer held by the cloud")
+        if call.prev_ips and allocation.ip not in call.prev_ips:
+            raise CniError(Code.CHECK_FAILED, f"prevResult has {list(call.prev_ips)} but the"
+                           f" agent holds {allocation.ip} for this container")
+        if not self.config.ipam_only:
+            problems = self.wiring.check_pod(self._pod_spec(allocation, call.netns, None))
+            if problems:
+                raise CniError(Code.CHECK_FAILED, "; ".join(problems))
+
+    def gc(self, network: str, valid: set[tuple[str, str]]) -> list[dict]:
+        released = []
+        for allocation in self.store.allocations(network):
+            if (allocation.key.container_id, allocation.key.ifname) in valid:
+                continue
+            self.release_allocation(allocation, reason="gc: not a valid attachment")
+            released.append({"containerID": allocation.key.container_id,
+                             "ifname": allocation.key.ifname})
+        return released
+
+    # ---- views ----------------------------------------------------------------------------
+
+    def pool_summary(self) -> dict:
+        usage = [u for u in self.store.usage() if not u.eni.deleting]
+        per_eni_cap = self.pool.limits.secondary_per_eni
+        per_eni = [{"id": u.eni.id, "device_index": u.eni.device_index,
+                    "subnet": u.eni.subnet_id, "primary": u.eni.is_primary,
+                    "capacity": per_eni_cap, "free": u.free, "assigned": u.assigned,
+                    "cooling": u.cooling, "releasing": u.releasing} for u in usage]
+        ceiling = self.pool.limits.max_enis
+        if self.config.max_enis:
+            ceiling = min(ceiling, self.config.max_enis)
+        capacity = ceiling * per_eni_cap
+        if self.config.max_ips:
+            capacity = min(capacity, self.config.max_ips)
+        blocked = self.pool.blocked
+        return {
+            "capacity": capacity,
+            "total": sum(u.total for u in usage),
+            "assigned": sum(u.assigned for u in usage),
+            "available": sum(u.free for u in usage),
+            "warm": sum(u.free for u in usage),
+            "cooling": sum(u.cooling for u in usage),
+            "enis": len(usage),
+            "max_enis": ceiling,
+            "targets": {"warm_ips": self.config.warm_ips, "min_ips": self.config.min_ips,
+                        "max_ips": self.config.max_ips, "warm_enis": self.config.warm_enis},
+            "blocked": None if blocked is None else {"code": int(blocked.code),
+                                                     "msg": blocked.message},
+            "ready": self.pool.reconciled.is_set(),
+            "per_eni": per_eni,
+        }
+
+    def enis_view(self) -> list[dict]:
+        return [{"id": e.id, "mac": e.mac, "subnet": e.subnet_id, "cidr": e.subnet_cidr,
+                 "device_index": e.device_index, "primary_ip": e.primary_ip,
+                 "primary": e.is_primary, "created_at": e.created_at, "deleting": e.deleting,
+                 "addresses": [{"ip": a.ip, "state": a.state,
+                                "cooldown_until": a.cooldown_until or None}
+                               for a in self.store.addresses() if a.eni_id == e.id]}
+                for e in self.store.enis()]
+
+    def pods_view(self) -> list[dict]:
+        return [{"network": a.key.network, "container_id": a.key.container_id,
+                 "ifname": a.key.ifname, "ip": a.ip, "eni": a.eni_id,
+                 "namespace": a.pod.namespace, "name": a.pod.name, "uid": a.pod.uid,
+                 "netns": a.pod.netns, "created_at": a.created_at, "lost": a.lost}
+                for a in self.store.allocations()]
+
+    def status(self) -> dict:
+        summary = self.pool_summary()
+        reply: dict = {"ready": summary["ready"], "available": summary["available"]}
+        if not summary["ready"]:
+            reply.update(code=int(Code.NOT_AVAILABLE), msg="agent not ready: reconciling")
+        elif summary["available"] == 0 and summary["blocked"]:
+            reply.update(code=int(Code.NOT_AVAILABLE_LIMITED), msg=summary["blocked"]["msg"])
+        return reply

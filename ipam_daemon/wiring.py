@@ -1,0 +1,95 @@
+"""The agent's seam to the pod datapath (``cni.datapath``). ``datapath: none`` is IPAM only:
+allocations and the CNI result, no netlink at all (the agent may then run in the root
+namespace in tests). The kernel datapath is imported lazily so that an IPAM-only agent never
+loads pyroute2."""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Protocol
+
+from cni.datapath import EniLink, Mode, PodSpec, SnatConfig, WiredPod
+
+logger = logging.getLogger(__name__)
+
+
+class Wiring(Protocol):
+    def prepare_host(self, snat: SnatConfig | None) -> None: ...
+    def ensure_eni(self, eni: EniLink) -> None: ...
+    def setup_pod(self, pod: PodSpec) -> WiredPod | None: ...
+    def teardown_pod(self, pod: PodSpec) -> None: ...
+    def check_pod(self, pod: PodSpec) -> list[str]: ...
+    def shutdown(self) -> None: ...
+
+
+class NoWiring:
+    """IPAM only: nothing is wired; ``check`` verifies the allocation alone."""
+
+    def prepare_host(self, snat: SnatConfig | None) -> None:
+        logger.info("datapath none: IPAM only, no host changes")
+
+    def ensure_eni(self, eni: EniLink) -> None:
+        return None
+
+    def setup_pod(self, pod: PodSpec) -> WiredPod | None:
+        return None
+
+    def teardown_pod(self, pod: PodSpec) -> None:
+        return None
+
+    def check_pod(self, pod: PodSpec) -> list[str]:
+        return []
+
+    def shutdown(self) -> None:
+        return None
+
+
+class KernelWiring:
+    """veth or ipvlan through ``cni.datapath``; the functions are looked up in the mode's
+    module first (``cni.datapath.veth``), then in the shared ones."""
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self._modules = [f"cni.datapath.{mode.value}", "cni.datapath.eni", "cni.datapath.snat",
+                         "cni.datapath"]
+        self._snat = False
+
+    def _function(self, name: str) -> Any:
+        for module_name in self._modules:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError:
+                continue
+            function = getattr(module, name, None)
+            if callable(function):
+                return function
+        raise RuntimeError(f"datapath {self.mode.value}: cni.datapath provides no {name}()")
+
+    def prepare_host(self, snat: SnatConfig | None) -> None:
+        self._function("ensure_host_sysctls")()
+        if snat is not None and snat.enabled:
+            self._function("ensure_snat")(snat)
+            self._snat = True
+
+    def ensure_eni(self, eni: EniLink) -> None:
+        name = self._function("ensure_eni")(eni)
+        logger.info("ENI %s (device %d) is link %s", eni.mac, eni.device_index, name)
+
+    def setup_pod(self, pod: PodSpec) -> WiredPod | None:
+        return self._function("setup_pod")(pod)
+
+    def teardown_pod(self, pod: PodSpec) -> None:
+        self._function("teardown_pod")(pod)
+
+    def check_pod(self, pod: PodSpec) -> list[str]:
+        return list(self._function("check_pod")(pod))
+
+    def shutdown(self) -> None:
+        """Pods keep their wiring across an agent restart; only SNAT is left as is too."""
+        return None
+
+
+def build_wiring(datapath: str) -> Wiring:
+    if datapath == "none":
+        return NoWiring()
+    return KernelWiring(Mode(datapath))
