@@ -76,12 +76,15 @@ def run_command(cmd: Sequence[str], *, stdin: str | None = None) -> str:
 class Fabric:
     """``Fabric(emulated_cloud, prefix)``; use as a context manager or start()/stop().
 
-    ``emulated_cloud`` needs ``.control.snapshot()``; a ``.control.subscribe(callback)``
-    (called after each mutating call) is used when present, polling otherwise."""
+    With ``vpc_id`` the fabric is that one VPC; otherwise every VPC of the account.
+    ``emulated_cloud`` needs ``.snapshot()`` or ``.control.snapshot()``; its
+    ``.subscribe(callback)`` (called after each mutating call) is used when present, so a
+    change is followed at once; the fabric also polls every ``poll_interval`` seconds."""
 
     def __init__(self, emulated_cloud: Any, prefix: str | None = None, *,
                  poll_interval: float = 0.1, record: cleanup.RunRecord | None = None,
-                 snapshot: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 snapshot: Callable[[], Mapping[str, Any]] | None = None,
+                 vpc_id: str | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         self.prefix = cleanup.validate_prefix(prefix or (record.prefix if record else
@@ -89,8 +92,11 @@ class Fabric:
         if record is not None and record.prefix != self.prefix:
             raise ValueError(f"record prefix {record.prefix} differs from {self.prefix}")
         self._cloud = emulated_cloud
-        self._snapshot = snapshot or emulated_cloud.control.snapshot
+        # in-process when the emulator offers it, else its control API over HTTP
+        self._snapshot = snapshot or getattr(emulated_cloud, "snapshot", None) \
+            or emulated_cloud.control.snapshot
         self._poll_interval = poll_interval
+        self.vpc_id = vpc_id  # None: every VPC of the account
         self._record = record
         self._owns_record = record is None
         self.router = f"{self.prefix}-vpc"
@@ -111,7 +117,7 @@ class Fabric:
         try:
             self._create_router()
             self.sync_now()
-            subscribe = getattr(getattr(self._cloud, "control", None), "subscribe", None)
+            subscribe = getattr(self._cloud, "subscribe", None)
             if callable(subscribe):
                 subscribe(self._wake.set)
             self._thread = threading.Thread(target=self._follow, name=f"fabric-{self.prefix}",
@@ -173,7 +179,7 @@ class Fabric:
     def sync_now(self) -> bool:
         """Reconcile once with the cloud's current state; True if anything changed."""
         snapshot = self._snapshot()
-        view = read_view(snapshot)
+        view = read_view(snapshot, self.vpc_id)
         with self._lock:
             if self._stopping.is_set():
                 return False

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 ENI_MTU = 9001  # what EC2 gives an ENI
 ATTACHED_STATES = frozenset({"in-use", "attached", "attaching"})
+GONE_STATES = frozenset({"shutting-down", "terminated"})
 
 
 class SnapshotError(ValueError):
@@ -123,21 +124,38 @@ def _items(value: Any) -> Iterable[Mapping[str, Any]]:
     return list(value)
 
 
-def read_view(snapshot: Mapping[str, Any]) -> CloudView:
+def read_view(snapshot: Mapping[str, Any], vpc_id: str | None = None) -> CloudView:
     """Accepts the control plane's ``snapshot()``: ENIs (id, mac, instance, device index,
-    subnet or subnet CIDR, ips, source/dest check), subnets (id -> CIDR), route tables."""
-    subnets = {
-        str(_field(s, "id", "subnet_id")): str(_field(s, "cidr", "cidr_block"))
-        for s in _items(snapshot.get("subnets", ()))
-    }
+    subnet or subnet CIDR, ips, source/dest check), subnets (id -> CIDR), instances, route
+    tables. With ``vpc_id``, only that VPC's instances, ENIs and route tables count."""
+    raw_subnets = list(_items(snapshot.get("subnets", ())))
+    subnets = {str(_field(s, "id", "subnet_id")): str(_field(s, "cidr", "cidr_block"))
+               for s in raw_subnets}
+    subnet_vpc = {str(_field(s, "id", "subnet_id")): s.get("vpc_id") for s in raw_subnets}
+
+    def in_vpc(item: Mapping[str, Any]) -> bool:
+        if vpc_id is None:
+            return True
+        found = item.get("vpc_id") or subnet_vpc.get(str(item.get("subnet_id")))
+        return found == vpc_id
+
     enis: list[EniView] = []
-    instances = {str(i) if not isinstance(i, Mapping) else str(_field(i, "id", "instance_id"))
-                 for i in _items(snapshot.get("instances", ()))}
+    instances = set()
+    for item in _items(snapshot.get("instances", ())):
+        if not isinstance(item, Mapping):
+            instances.add(str(item))
+            continue
+        if not in_vpc(item):
+            continue
+        state = item.get("state", "running")
+        state = state.get("name", "running") if isinstance(state, Mapping) else str(state)
+        if state not in GONE_STATES:
+            instances.add(str(_field(item, "id", "instance_id")))
     for raw in _items(_field(snapshot, "enis", "network_interfaces")):
         instance = _field(raw, "instance", "instance_id", default=None)
         index = _field(raw, "device_index", default=None)
         status = str(_field(raw, "status", "attachment_status", default="in-use"))
-        if instance is None or index is None or status not in ATTACHED_STATES:
+        if instance is None or index is None or status not in ATTACHED_STATES or not in_vpc(raw):
             continue
         cidr = _field(raw, "subnet_cidr", default=None)
         if cidr is None:
@@ -156,6 +174,8 @@ def read_view(snapshot: Mapping[str, Any]) -> CloudView:
         ))
     routes: list[RouteView] = []
     for table in _items(snapshot.get("route_tables", ())):
+        if vpc_id is not None and table.get("vpc_id") != vpc_id:
+            continue
         table_id = str(_field(table, "id", "route_table_id"))
         for route in _field(table, "routes", default=()):
             cidr = _field(route, "cidr", "destination_cidr", "destination", default=None)
