@@ -200,7 +200,7 @@ def clean_run(prefix: str, record: dict | None = None) -> CleanupReport:
             start = read_start_time(pid)
             if start is not None:
                 processes.append(ProcessId(pid, start))
-    killed = stop_processes(processes)
+    killed = stop_processes(list(dict.fromkeys(processes)))
     removed = [name for name in names if delete_netns(name)]
     (STATE_DIR / f"{prefix}.json").unlink(missing_ok=True)
     if killed or removed:
