@@ -108,6 +108,8 @@ class StrictLayer:
             verdict = self._check(request, region)
             if verdict.params is not None:
                 replace_body(environ, verdict.params)
+            if verdict.before is not None:
+                verdict.before()
             status, headers, body = _call_app(self._moto_app, environ)
             if status.startswith("200") and verdict.after is not None:
                 body = verdict.after(body)

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 SETUP_HEADER = "X-Underlay-Emulator-Setup"
 # the first address after the four AWS reserves, so a small subnet still fits a node
 FIRST_HOST_OFFSET = 4
+# an Amazon Linux image moto ships in every region (listing all images takes seconds)
+IMAGE_ID = "ami-760aaa0f"
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def build_world(endpoint: str, *, region: str = "us-east-1", nodes: int = 1,
         GroupName=f"{cluster}-nodes", Description=f"nodes of {cluster}", VpcId=vpc_id)["GroupId"]
     tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
     route_table_ids = tuple(t["RouteTableId"] for t in tables["RouteTables"])
-    image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image_id = ec2.describe_images(ImageIds=[IMAGE_ID])["Images"][0]["ImageId"]
     instances = []
     for index in range(nodes):
         slot = index % len(subnet_ids)
