@@ -132,6 +132,9 @@ class Fabric:
         """Remove every namespace of the fabric (and any process left inside one)."""
         self._stopping.set()
         self._wake.set()
+        unsubscribe = getattr(self._cloud, "unsubscribe", None)
+        if callable(unsubscribe):
+            unsubscribe(self._wake.set)
         if self._thread is not None:
             self._thread.join(timeout=_COMMAND_TIMEOUT)
             self._thread = None

@@ -64,6 +64,7 @@ class EmulatedCloud:
         self._stopping = threading.Event()
         self._servers: list[tuple[BaseWSGIServer, threading.Thread]] = []
         self._netns_endpoints: dict[str, str] = {}
+        self._subscribers: list[Any] = []
         self.knobs = RuntimeKnobs(
             buckets=TokenBuckets(settings.buckets, settings.buckets_enabled),
             faults=FaultInjector(settings.seed),
@@ -96,7 +97,7 @@ class EmulatedCloud:
     def _serve_socket(self, sock: socket.socket) -> None:
         try:
             server = make_server("127.0.0.1", self.port if hasattr(self, "port") else 0,
-                                 self.layer, threaded=True,
+                                 self._serve_and_notify, threaded=True,
                                  request_handler=_quiet_handler(self._handler),
                                  fd=sock.fileno())
         finally:
@@ -106,6 +107,31 @@ class EmulatedCloud:
                                   name=f"emulated-ec2-{self.port}", daemon=True)
         thread.start()
         self._servers.append((server, thread))
+
+    def _serve_and_notify(self, environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            return self.layer(environ, start_response)
+        finally:
+            if not environ.get("PATH_INFO", "").startswith("/_emulator/"):
+                for callback in list(self._subscribers):
+                    try:
+                        callback()
+                    except Exception:  # a follower's bug must not break the EC2 answer
+                        logger.exception("change subscriber %r failed", callback)
+
+    def subscribe(self, callback: Any) -> None:
+        """Call ``callback()`` (quick, no arguments) after every EC2 call, once moto holds
+        its result and before the answer is sent (Describe calls too: the follower compares
+        state itself). The VPC fabric wakes on it."""
+        self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Any) -> None:
+        if callback in self._subscribers:
+            self._subscribers.remove(callback)
+
+    def snapshot(self) -> dict:
+        """The state picture of snapshot.py, in-process (no HTTP round trip)."""
+        return self._take_snapshot()
 
     def _take_snapshot(self) -> dict:
         from moto.ec2.models import ec2_backends
