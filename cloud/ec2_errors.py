@@ -132,6 +132,13 @@ def _translate_client_error(exc: ClientError, action: str) -> CloudError:
         return Throttled(
             f"{action} throttled by EC2's request rate limit ({detail})", code=code, action=action
         )
+    if code == "AuthFailure":
+        return PermissionDenied(
+            f"ec2:{action} refused: EC2 could not validate the caller's credentials "
+            f"(check the node's credentials and clock) ({detail})",
+            code=code,
+            action=action,
+        )
     if code in PERMISSION_CODES:
         return PermissionDenied(
             f"ec2:{action} refused: the caller is not allowed to perform ec2:{action} "
