@@ -257,6 +257,15 @@ class _Handler(BaseHTTPRequestHandler):
         route = parse_route(url.path)
         watch = query.get("watch", "").lower() in ("true", "1")
         status = 200
+        logged = False
+
+        def log(code: int) -> None:
+            api.log(RequestRecord(
+                method, url.path, tuple(sorted(query.items())), rbac_verb(method, route, watch), "",
+                (route.resource + ("/" + route.subresource if route.subresource else "")) if route else url.path,
+                (route.namespace or "") if route else "", route.name if route else "",
+                self.headers.get("User-Agent", ""), code))
+
         try:
             body = self._read_body()
             api.wait_latency(url.path)
@@ -272,7 +281,9 @@ class _Handler(BaseHTTPRequestHandler):
                                           504: "Timeout"}.get(injected, "InternalError"),
                                f"injected fault {injected}")
             if watch and method == "GET" and route and not route.name:
-                status = self._watch(route, query)
+                log(200)  # a stream is logged when it starts
+                logged = True
+                self._watch(route, query)
                 return
             status, result = self._dispatch(method, url.path, route, query, body)
             self._send_json(status, result)
@@ -283,10 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 499
             self.close_connection = True
         finally:
-            api.log(RequestRecord(method, url.path, tuple(sorted(query.items())), rbac_verb(method, route, watch),
-                                  "", (route.resource + ("/" + route.subresource if route.subresource else ""))
-                                  if route else url.path, (route.namespace or "") if route else "",
-                                  route.name if route else "", self.headers.get("User-Agent", ""), status))
+            if not logged:
+                log(status)
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
