@@ -151,6 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> dict:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
+            self.close_connection = True
             raise RequestError(Code.DECODE_FAILURE, "a Content-Length header is required", 411)
         size = int(length)
         if size > MAX_BODY:
@@ -175,10 +176,11 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/gc": lambda b: {"released": service.gc(*parse_gc(b))},
         }
         try:
+            body = self._body()  # read first: an unread body would corrupt the connection
             route = routes.get(self.path)
             if route is None:
                 raise RequestError(Code.INVALID_CONFIG, f"no such endpoint: POST {self.path}", 404)
-            reply = route(self._body())
+            reply = route(body)
         except BaseException as exc:  # noqa: BLE001 - mapped in one place
             self._send(*_error_reply(exc))
             return
