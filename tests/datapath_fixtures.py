@@ -217,13 +217,16 @@ def udp_probe(src_ns: str, dst_ns: str, dst_ip: str, port: int = 40123) -> Probe
 
 
 def kernel_state(ns: str) -> dict[str, str]:
-    """Links, addresses, routes (all tables), rules and nat/mangle rules of a namespace."""
+    """Links, IPv4 addresses, routes (all tables) and rules, and iptables of a namespace."""
     def run(*args: str) -> str:
         return sh("ip", "-n", ns, *args, check=False).stdout
 
     tables = sh("ip", "netns", "exec", ns, "iptables-save", check=False).stdout
-    return {"links": run("-o", "link", "show"), "addresses": run("-o", "addr", "show"),
-            "routes": run("route", "show", "table", "all"), "rules": run("rule", "show"),
+    # IPv4 only: the datapath is IPv4, and IPv6 link-local addresses and routes appear
+    # by themselves some time after a link comes up
+    return {"links": run("-o", "link", "show"), "addresses": run("-4", "-o", "addr", "show"),
+            "routes": run("-4", "route", "show", "table", "all"),
+            "rules": run("-4", "rule", "show"),
             "iptables": "\n".join(line for line in tables.splitlines()
                                   if not line.startswith("#"))}
 

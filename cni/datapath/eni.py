@@ -127,7 +127,8 @@ def _replace_table_routes(ipr: Any, eni: EniLink, index: int) -> None:
                route.get_attr("RTA_GATEWAY"), route.get_attr("RTA_OIF"))
         if key not in wanted:
             logger.info("removing stray route %s/%s from ENI table %d", key[0], key[1], table)
-            spec = {"table": table, "dst": f"{key[0]}/{key[1]}"}
+            spec = {"table": table, "dst": f"{key[0]}/{key[1]}", "scope": route["scope"],
+                    "proto": route["proto"]}
             if key[2]:
                 spec["gateway"] = key[2]
             if key[3]:

@@ -123,3 +123,16 @@ def find_host_route_oif(ipr: Any, ip: str) -> int | None:
 def find_link_index(ipr: Any, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
+
+
+def get_link(ipr: Any, index: int) -> Any | None:
+    """The link message for ``index``, or None when it vanished (e.g. its netns is dying)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        found = ipr.get_links(index)
+    except NetlinkError as exc:
+        if exc.code in GONE:
+            return None
+        raise
+    return found[0] if found else None

@@ -28,7 +28,7 @@ from cni.datapath import (LINK_LOCAL_GW, RULE_PRIO_FROM_POD, RULE_PRIO_TO_POD,
 from cni.datapath.netns import open_netns
 from cni.datapath.pods import validate_pod
 from cni.datapath.rules import (MAIN_TABLE, NUD_PERMANENT, SCOPE_LINK, Rule, add_rule,
-                                delete_rule, find_host_route_oif, find_link_index,
+                                delete_rule, find_host_route_oif, find_link_index, get_link,
                                 ignore_gone, naming_step, rules_for_ip)
 
 logger = logging.getLogger(__name__)
@@ -162,8 +162,10 @@ def teardown_pod(pod: PodSpec) -> None:
     with IPRoute() as host:
         index = find_link_index(host, pod.host_ifname)
         route_oif = find_host_route_oif(host, pod.pod_ip)
-        if index is not None:
-            link = host.get_links(index)[0]
+        link = get_link(host, index) if index is not None else None
+        if link is None:
+            index = None  # gone, or going with its dying netns
+        else:
             if route_oif == index or _peer_in_pod_netns(pod, index, link):
                 ignore_gone(lambda: host.link("del", index=index),
                             f"deleting host veth {pod.host_ifname}")

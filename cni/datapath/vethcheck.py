@@ -9,7 +9,8 @@ from typing import Any
 
 from cni.datapath import LINK_LOCAL_GW, DatapathError, NetnsMissing, PodSpec
 from cni.datapath.netns import open_netns
-from cni.datapath.rules import (MAIN_TABLE, NUD_PERMANENT, find_link_index, list_rules)
+from cni.datapath.rules import (MAIN_TABLE, NUD_PERMANENT, find_link_index, get_link,
+                                list_rules)
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +31,12 @@ def _check_host(ipr: Any, pod: PodSpec) -> tuple[list[str], str | None, int | No
 
     problems: list[str] = []
     index = find_link_index(ipr, pod.host_ifname)
+    link = get_link(ipr, index) if index is not None else None
     host_mac = None
-    if index is None:
+    if link is None:
+        index = None
         problems.append(f"host veth {pod.host_ifname} missing")
     else:
-        link = ipr.get_links(index)[0]
         host_mac = link.get_attr("IFLA_ADDRESS")
         if not link["flags"] & IFF_UP:
             problems.append(f"host veth {pod.host_ifname} is down")
