@@ -28,6 +28,14 @@ def core(apiserver: FakeApiServer):
         api_client.close()
 
 
+def test_discovery_documents_deserialize(apiserver, core):
+    api_client = core.api_client
+    assert k8s.CoreApi(api_client).get_api_versions(_request_timeout=TIMEOUT).versions == ["v1"]
+    assert k8s.VersionApi(api_client).get_code(_request_timeout=TIMEOUT).major == "1"
+    names = {r.name for r in core.get_api_resources(_request_timeout=TIMEOUT).resources}
+    assert {"pods", "nodes", "nodes/status", "configmaps", "events"} <= names
+
+
 def test_typed_read_and_status_errors(apiserver, core):
     add_node(apiserver, "n1")
     node = core.read_node("n1", _request_timeout=TIMEOUT)

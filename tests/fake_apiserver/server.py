@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .discovery import discovery, validate_event
 from .patch import PatchError, apply_patch
 from .selectors import SelectorError, build_matcher
 from .store import RESOURCES, ApiError, ObjectStore, gone
@@ -68,15 +69,6 @@ def parse_route(path: str) -> Route | None:
     if rest[0] not in RESOURCES or len(rest) > 3:
         return None
     return Route(rest[0], namespace, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else "")
-
-
-API_RESOURCES = [
-    {"name": "pods", "namespaced": True, "kind": "Pod", "verbs": ["create", "delete", "get", "list", "watch"]},
-    {"name": "nodes", "namespaced": False, "kind": "Node", "verbs": ["get", "list", "patch", "watch"]},
-    {"name": "nodes/status", "namespaced": False, "kind": "Node", "verbs": ["get", "patch"]},
-    {"name": "configmaps", "namespaced": True, "kind": "ConfigMap", "verbs": ["create", "get", "list", "watch"]},
-    {"name": "events", "namespaced": True, "kind": "Event", "verbs": ["create", "list"]},
-]
 
 
 class FakeApiServer:
@@ -449,25 +441,3 @@ class _Handler(BaseHTTPRequestHandler):
         data = json.dumps(event).encode() + b"\n"
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
-
-
-def validate_event(body: Obj) -> None:
-    involved = body.get("involvedObject") or {}
-    for key, value in (("involvedObject.kind", involved.get("kind")), ("involvedObject.name", involved.get("name")),
-                       ("reason", body.get("reason")), ("type", body.get("type"))):
-        if not value:
-            raise ApiError(422, "Invalid", f"Event: {key}: Required value")
-    if body["type"] not in ("Normal", "Warning"):
-        raise ApiError(422, "Invalid", f"Event: type: Unsupported value: {body['type']!r}")
-
-
-def discovery(path: str) -> Obj:
-    if path == "/api":
-        return {"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
-    if path == "/apis":
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
-    if path == "/version":
-        return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake", "platform": "linux/amd64"}
-    return {"kind": "APIResourceList", "groupVersion": "v1",
-            "resources": [{**r, "singularName": "", "name": r["name"]} for r in API_RESOURCES]}
