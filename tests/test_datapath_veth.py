@@ -197,3 +197,14 @@ def test_bad_input_is_refused_before_any_change(vpc):
     assert pod_links(pod_ns) == ["lo"]
     assert subprocess.run(["test", "-e", "/var/run/netns/ul-no-such-ns"]).returncode != 0
     vpc.in_node(teardown_pod, missing)  # DEL with a missing netns: success
+
+
+def test_a_repeated_add_rewires_without_duplicates(vpc):
+    pod_ns, spec = wire(vpc, IP_A, 0)
+    vpc.in_node(setup_pod, spec)  # the runtime retried ADD: same pod, same IP
+    assert vpc.in_node(check_pod, spec) == []
+    rules = sh("ip", "-n", vpc.node, "rule", "show").stdout
+    assert rules.count(f"to {IP_A} ") == 1 and rules.count(f"from {IP_A} ") == 1
+    assert node_view(vpc)["links"] >= {spec.host_ifname}
+    assert sum(name.startswith("ulay") for name in node_view(vpc)["links"]) == 1
+    assert ping(pod_ns, PRIMARY_IP)
