@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni.request import MAX_MTU, MIN_MTU
 from cni.spec import DEFAULT_SOCKET, MODES, PLUGIN_TYPE
 
 DEFAULT_NAME = "underlay"
@@ -41,8 +42,9 @@ def render_conflist(opts: ConflistOptions) -> dict[str, Any]:
         raise ValueError(f"mode {opts.mode!r} is not one of {', '.join(MODES)}")
     if not opts.socket.startswith("/"):
         raise ValueError(f"socket {opts.socket!r} must be an absolute path")
-    if isinstance(opts.mtu, bool) or not isinstance(opts.mtu, int) or not 68 <= opts.mtu <= 65535:
-        raise ValueError(f"mtu {opts.mtu!r} must be an integer in 68-65535")
+    if isinstance(opts.mtu, bool) or not isinstance(opts.mtu, int) \
+            or not MIN_MTU <= opts.mtu <= MAX_MTU:
+        raise ValueError(f"mtu {opts.mtu!r} must be an integer in {MIN_MTU}-{MAX_MTU}")
     plugins: list[dict[str, Any]] = [
         {"type": PLUGIN_TYPE, "socket": opts.socket, "mode": opts.mode, "mtu": opts.mtu},
     ]

@@ -62,13 +62,12 @@ def cmd_del(req: Request) -> None:
 
 
 def cmd_status(req: Request) -> None:
-    try:
-        reply = ask_agent(req, "GET", "/v1/status", None, Code.NOT_AVAILABLE)
-    except AgentDown as down:
-        raise CniError(Code.NOT_AVAILABLE, down.msg) from None
+    reply = ask_agent(req, "GET", "/v1/status", None, Code.NOT_AVAILABLE)
+    code = reply.get("code")
+    if isinstance(code, int) and not isinstance(code, bool):  # e.g. 51: ready, no address
+        raise CniError(code, str(reply.get("msg") or "agent cannot take new pods"))
     if reply.get("ready") is not True:
-        code = reply.get("code") if isinstance(reply.get("code"), int) else Code.NOT_AVAILABLE
-        raise CniError(code, str(reply.get("msg") or "agent is not ready"))
+        raise CniError(Code.NOT_AVAILABLE, str(reply.get("msg") or "agent is not ready"))
 
 
 def cmd_gc(req: Request) -> None:

@@ -22,6 +22,7 @@ COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 MAX_STDIN_BYTES = 1 << 20
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 300.0
+MIN_MTU, MAX_MTU = 576, 9001  # as the agent accepts: EC2's jumbo frames stop at 9001
 # Which environment variables each command needs (CNI spec 1.1, "Parameters").
 REQUIRED_ENV = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
@@ -166,8 +167,8 @@ def parse_conf(command: str, conf: dict[str, Any]) -> dict[str, Any]:
         raise CniError(Code.INVALID_CONFIG, f"mode {mode!r} is not supported; use one of "
                        + ", ".join(MODES))
     mtu = _get(conf, "mtu", int, None)
-    if mtu is not None and not 68 <= mtu <= 65535:
-        raise CniError(Code.INVALID_CONFIG, f"mtu {mtu} is out of range (68-65535)")
+    if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
+        raise CniError(Code.INVALID_CONFIG, f"mtu {mtu} is out of range ({MIN_MTU}-{MAX_MTU})")
     timeout = _get(conf, "timeout", (int, float), DEFAULT_TIMEOUT)
     if not 0 < timeout <= MAX_TIMEOUT:
         raise CniError(Code.INVALID_CONFIG, f"timeout {timeout} is out of range "
