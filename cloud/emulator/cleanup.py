@@ -5,7 +5,8 @@ Every fabric or harness run picks a run-unique prefix (``new_prefix()``) and wri
 record ``/run/underlay-harness/<prefix>.json`` *before* it creates anything: the owner
 process (pid + start time, so a recycled pid is not mistaken for it), every network
 namespace it is about to create, and every process it starts. All names it creates begin
-with ``<prefix>-``.
+with ``<prefix>-``; its files (sockets, state, logs) live under
+``/run/underlay-harness/<prefix>/``.
 
 Cleaning a run kills the recorded processes and every process still inside one of the
 run's namespaces, then deletes the namespaces (which takes their links, routes, rules and
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +204,7 @@ def clean_run(prefix: str, record: dict | None = None) -> CleanupReport:
                 processes.append(ProcessId(pid, start))
     killed = stop_processes(list(dict.fromkeys(processes)))
     removed = [name for name in names if delete_netns(name)]
+    shutil.rmtree(STATE_DIR / prefix, ignore_errors=True)  # the run's work directory
     (STATE_DIR / f"{prefix}.json").unlink(missing_ok=True)
     if killed or removed:
         logger.info("run %s: killed %s, removed namespaces %s", prefix, killed, removed)

@@ -1,0 +1,367 @@
+"""A cluster on one machine: the emulated cloud, its VPC fabric with N nodes, one agent
+per node inside the node's namespace, and pods created and deleted through libcni (the
+library containerd and CRI-O use), exactly as a runtime on the node would.
+
+    with Cluster(nodes=3) as cluster:
+        for node in cluster.nodes:
+            cluster.run_agent(node)
+        a = cluster.add_pod(cluster.nodes[0], "a")
+        b = cluster.add_pod(cluster.nodes[1], "b")
+        cluster.exec_in(a, ["busybox", "ping", "-c1", b.ip])
+
+Everything the run makes carries its prefix and is written down first in its run record
+(see cleanup.py): namespaces ``<prefix>-vpc``, ``<prefix>-out``, ``<prefix>-<instance>``,
+``<prefix>-p<pod>``, processes, and files under ``/run/underlay-harness/<prefix>/``.
+``stop()`` removes all of it, also after errors; after a crash of the harness itself,
+``python -m cloud.emulator.cleanup`` does.
+
+The plugin launcher and the conflist come from the ``cni`` package, and the agent from
+``ipam_daemon``; ``cloud`` may import neither, so the harness runs them as processes (as an
+installer and a node would).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloud.emulator import cleanup
+from cloud.emulator.fabric import Fabric
+from cloud.emulator.harness_io import (
+    AGENT_CREDENTIALS,
+    build_libcni_client,
+    query_agent,
+    wait_until,
+    write_cni_files,
+)
+from cloud.emulator.server import EmulatedCloud
+from cloud.emulator.settings import EmulatorSettings
+from cloud.emulator.world import World, build_world
+
+logger = logging.getLogger(__name__)
+
+PYTHON = sys.executable
+REFERENCE_PLUGINS = "/usr/lib/cni"
+_POD_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?\Z")
+_COMMAND_TIMEOUT = 60.0
+
+# intervals short enough that a cluster settles in seconds (an agent's defaults are minutes)
+FAST_AGENT_CONFIG: Mapping[str, Any] = {
+    "datapath": "veth", "warm_ips": 2, "pool_interval": 0.5, "shrink_interval": 1.0,
+    "reconcile_interval": 10.0, "cooldown_seconds": 1.0, "eni_min_age": 2.0,
+    "borrow_wait_seconds": 10.0, "subnet_full_backoff": 2.0, "cloud_timeout": 5.0,
+}
+
+
+class HarnessError(RuntimeError):
+    """A harness step failed; the message names the step, the node or pod, and the output."""
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    name: str
+    instance_id: str
+    primary_ip: str
+    primary_eni_id: str
+    subnet_id: str
+    netns: str
+    workdir: Path
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.workdir / "agent.sock")
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    node: Node
+    container_id: str
+    netns: str
+    ifname: str
+    ip: str
+    result: Mapping[str, Any]
+
+    @property
+    def netns_path(self) -> str:
+        return str(cleanup.NETNS_DIR / self.netns)
+
+
+@dataclass
+class Agent:
+    node: Node
+    config: dict[str, Any]
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Cluster:
+    """Context manager; ``nodes`` instances of ``instance_type`` spread over the subnets."""
+
+    def __init__(self, nodes: int = 2, *, instance_type: str = "m5.large",
+                 vpc_cidr: str = "10.0.0.0/16",
+                 subnet_cidrs: Sequence[str] = ("10.0.0.0/24", "10.0.1.0/24"),
+                 settings: EmulatorSettings | None = None, mode: str = "veth",
+                 libcni_client: str | None = None, prefix: str | None = None) -> None:
+        if nodes < 1:
+            raise ValueError(f"a cluster needs at least one node, got nodes={nodes}")
+        self.prefix = cleanup.validate_prefix(prefix or cleanup.new_prefix())
+        self._node_count = nodes
+        self._world_args = dict(instance_type=instance_type, vpc_cidr=vpc_cidr,
+                                subnet_cidrs=tuple(subnet_cidrs))
+        self._settings = settings
+        self.mode = mode
+        self._libcni_client = libcni_client
+        self.workdir = cleanup.STATE_DIR / self.prefix
+        self.record: cleanup.RunRecord | None = None
+        self.cloud: EmulatedCloud | None = None
+        self.world: World | None = None
+        self.fabric: Fabric | None = None
+        self.nodes: list[Node] = []
+        self.agents: dict[str, Agent] = {}
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self._endpoints: dict[str, str] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Cluster:
+        self.record = cleanup.RunRecord(self.prefix)
+        try:
+            self.workdir.mkdir(mode=0o700, parents=True)
+            self.libcni_client = self._libcni_client or build_libcni_client()
+            self.cni_bin_dir, self.conflist = write_cni_files(self.workdir, self.mode)
+            self.cloud = EmulatedCloud.start(settings=self._settings)
+            self.world = build_world(self.cloud.endpoint, region=self.cloud.region,
+                                     nodes=self._node_count, cluster=f"harness-{self.prefix}",
+                                     **self._world_args)
+            self.fabric = Fabric(self.cloud, record=self.record, vpc_id=self.world.vpc_id)
+            self.fabric.start()
+            for index, inst in enumerate(self.world.instances):
+                node = Node(index, inst.name, inst.instance_id, inst.primary_ip,
+                            inst.primary_eni_id, inst.subnet_id,
+                            self.fabric.node_netns(inst.instance_id),
+                            self.workdir / f"n{index}")
+                node.workdir.mkdir(mode=0o700)
+                self._endpoints[node.name] = self.cloud.listen_in_netns(
+                    self.fabric.netns_path(node.netns))
+                self.nodes.append(node)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("cluster %s: %d nodes up", self.prefix, len(self.nodes))
+        return self
+
+    def stop(self) -> None:
+        """Stop agents, remove pods, the fabric, the cloud and the run's files. Every step
+        runs even if an earlier one failed; the run record goes last."""
+        for agent in list(self.agents.values()):
+            self._try(self._stop_process, agent.process)
+        self.agents.clear()
+        if self.fabric is not None:
+            self._try(self.fabric.stop)
+        if self.cloud is not None:
+            self._try(self.cloud.stop)
+        self.pods.clear()
+        if self.record is not None:
+            self._try(cleanup.clean_run, self.prefix)  # pod namespaces and anything left
+            self.record.remove()
+            self.record = None
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _try(step: Any, *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception:
+            logger.exception("cluster teardown step %s failed", getattr(step, "__name__", step))
+
+    # -- agents --------------------------------------------------------------------------
+    def node(self, ref: int | str | Node) -> Node:
+        if isinstance(ref, Node):
+            return ref
+        for node in self.nodes:
+            if ref in (node.index, node.name, node.instance_id):
+                return node
+        raise KeyError(f"no node {ref!r} in cluster {self.prefix}")
+
+    def agent_config(self, node: Node, overrides: Mapping[str, Any] | None = None) -> dict:
+        assert self.world is not None and self.cloud is not None
+        config = dict(FAST_AGENT_CONFIG)
+        config.update(cluster=self.world.cluster, node_name=node.name,
+                      instance_id=node.instance_id, region=self.cloud.region,
+                      cloud_endpoint=self._endpoints[node.name],
+                      socket_path=node.socket_path,
+                      state_path=str(node.workdir / "state" / "ipam.db"))
+        config.update(overrides or {})
+        return config
+
+    def run_agent(self, node_ref: int | str | Node,
+                  config_overrides: Mapping[str, Any] | None = None, *,
+                  wait_ready: bool = True, timeout: float = 30.0) -> Agent:
+        """Start ``python -m ipam_daemon.main --config FILE`` inside the node's namespace."""
+        node = self.node(node_ref)
+        if node.name in self.agents and self.agents[node.name].process.poll() is None:
+            raise HarnessError(f"an agent already runs on {node.name}")
+        assert self.record is not None
+        config = self.agent_config(node, config_overrides)
+        config_path = node.workdir / "agent.json"
+        config_path.write_text(json.dumps(config, indent=1))
+        log_path = node.workdir / "agent.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "UNDERLAY_"))}
+        env.update(AGENT_CREDENTIALS)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", node.netns, PYTHON, "-m", "ipam_daemon.main",
+                 "--config", str(config_path)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                cwd=str(node.workdir))
+        self.record.add_process(process.pid)  # `ip netns exec` execs: the pid is the agent's
+        agent = Agent(node, config, process, log_path)
+        self.agents[node.name] = agent
+        if wait_ready:
+            self.wait_agent_ready(node, timeout)
+        return agent
+
+    def wait_agent_ready(self, node_ref: int | str | Node, timeout: float = 30.0) -> None:
+        node = self.node(node_ref)
+        agent = self.agents[node.name]
+
+        def ready() -> bool:
+            if agent.process.poll() is not None:
+                raise HarnessError(f"agent on {node.name} exited with "
+                                   f"{agent.process.returncode}:\n{agent.log_tail()}")
+            try:
+                status, body = query_agent(node.socket_path, "/v1/status")
+            except OSError:
+                return False
+            return status == 200 and bool(body.get("ready"))
+
+        if not wait_until(ready, timeout):
+            raise HarnessError(f"agent on {node.name} not ready after {timeout}s:\n"
+                               f"{agent.log_tail()}")
+
+    def stop_agent(self, node_ref: int | str | Node, *, kill: bool = False) -> int | None:
+        """SIGTERM (or SIGKILL with ``kill``) the node's agent; returns its exit code."""
+        node = self.node(node_ref)
+        agent = self.agents.pop(node.name, None)
+        if agent is None:
+            return None
+        return self._stop_process(agent.process, kill=kill)
+
+    @staticmethod
+    def _stop_process(process: subprocess.Popen, kill: bool = False) -> int:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                return process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return process.wait(timeout=10)
+
+    def agent_get(self, node_ref: int | str | Node, path: str) -> tuple[int, Any]:
+        """GET on the node agent's socket, e.g. ``/v1/pool``, ``/v1/pods``, ``/v1/enis``."""
+        return query_agent(self.node(node_ref).socket_path, path)
+
+    # -- pods ----------------------------------------------------------------------------
+    def add_pod(self, node_ref: int | str | Node, name: str, namespace: str = "default",
+                ifname: str = "eth0") -> Pod:
+        """A pod sandbox (a namespace) wired by ``libcni add`` run on the node."""
+        node = self.node(node_ref)
+        if not _POD_NAME.match(name):
+            raise ValueError(f"pod name {name!r}: 1-32 lowercase letters, digits or '-'")
+        if (namespace, name) in self.pods:
+            raise HarnessError(f"pod {namespace}/{name} already exists")
+        assert self.record is not None
+        netns = f"{self.prefix}-p{name}"
+        container_id = f"{self.prefix}{name}".ljust(16, "0")
+        self.record.add_netns(netns)
+        _run(["ip", "netns", "add", netns])
+        try:
+            _run(["ip", "-n", netns, "link", "set", "lo", "up"])
+            out = self._libcni(node, "add", netns, container_id, ifname, namespace, name)
+            result = json.loads(out)
+            ip = result["ips"][0]["address"].split("/")[0]
+        except BaseException:
+            self._try(self._libcni, node, "del", netns, container_id, ifname, namespace, name)
+            self._try(_run, ["ip", "netns", "delete", netns])
+            raise
+        pod = Pod(name, namespace, node, container_id, netns, ifname, ip, result)
+        self.pods[(namespace, name)] = pod
+        logger.info("pod %s/%s on %s: %s", namespace, name, node.name, ip)
+        return pod
+
+    def del_pod(self, pod: Pod) -> None:
+        """``libcni del`` on the pod's node, then the sandbox goes; idempotent."""
+        self._libcni(pod.node, "del", pod.netns, pod.container_id, pod.ifname,
+                     pod.namespace, pod.name)
+        if (cleanup.NETNS_DIR / pod.netns).exists():
+            _run(["ip", "netns", "delete", pod.netns])
+        self.pods.pop((pod.namespace, pod.name), None)
+
+    def _libcni(self, node: Node, command: str, netns: str, container_id: str, ifname: str,
+                namespace: str, name: str) -> str:
+        args = (f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+                f"K8S_POD_INFRA_CONTAINER_ID={container_id}")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+               "CNI_PATH": f"{self.cni_bin_dir}:{REFERENCE_PLUGINS}",
+               "LIBCNI_CACHE_DIR": str(node.workdir / "cni-cache")}
+        conflist = self.conflist_for(node)
+        proc = subprocess.run(
+            ["ip", "netns", "exec", node.netns, self.libcni_client, command, conflist,
+             str(cleanup.NETNS_DIR / netns), container_id, ifname, args],
+            capture_output=True, text=True, env=env, timeout=_COMMAND_TIMEOUT, check=False)
+        if proc.returncode != 0:
+            raise HarnessError(f"libcni {command} of {namespace}/{name} on {node.name} failed: "
+                               f"{proc.stdout.strip()} {proc.stderr.strip()}")
+        return proc.stdout
+
+    def conflist_for(self, node: Node) -> str:
+        """The node's conflist: the shared one with the node's agent socket."""
+        path = node.workdir / "10-underlay.conflist"
+        if not path.exists():
+            body = json.loads(Path(self.conflist).read_text())
+            body["plugins"][0]["socket"] = node.socket_path
+            path.write_text(json.dumps(body, indent=1))
+        return str(path)
+
+    # -- commands ------------------------------------------------------------------------
+    def exec_in(self, target: Node | Pod | str, cmd: Sequence[str], *, check: bool = True,
+                timeout: float = _COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
+        """Run ``cmd`` inside a node's or pod's namespace (or one named by the run)."""
+        netns = target if isinstance(target, str) else target.netns
+        if not netns.startswith(self.prefix + "-"):
+            raise ValueError(f"namespace {netns!r} is not part of cluster {self.prefix}")
+        proc = subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise HarnessError(f"{' '.join(cmd)} in {netns} exited {proc.returncode}: "
+                               f"{proc.stdout.strip()} {proc.stderr.strip()}")
+        return proc
+
+
+def _run(cmd: Sequence[str]) -> str:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=_COMMAND_TIMEOUT,
+                          check=False)
+    if proc.returncode != 0:
+        raise HarnessError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    return proc.stdout
