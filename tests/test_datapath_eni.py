@@ -112,3 +112,16 @@ def test_netns_helpers_never_create_and_always_switch_back():
             with entered_netns("/etc/passwd"):
                 pass
         assert os.readlink("/proc/thread-self/ns/net") == root
+
+
+def test_importing_the_contract_does_not_load_pyroute2():
+    import subprocess
+    import sys
+
+    code = ("import sys, cni.datapath as d\n"
+            "assert 'pyroute2' not in sys.modules, 'types alone pulled in pyroute2'\n"
+            "assert callable(d.setup_pod) and callable(d.ensure_snat)\n"
+            "assert d.setup_pod.__module__ == 'cni.datapath.pods'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
