@@ -125,3 +125,21 @@ def test_agent_starts_with_api_server_down_then_catches_up(apiserver):
         assert kube.identity == caught_up[0]
     finally:
         kube.stop()
+
+
+def test_label_change_at_runtime_applies_the_new_override(apiserver):
+    add_node(apiserver, "node-a")
+    add_override(apiserver, "tuned", {"config.json": json.dumps({"warm_ips": 6})})
+    changed = []
+    kube = KubeIntegration(settings_for(apiserver), BASE, list_allocations=lambda: [],
+                           release=lambda key: None, on_identity=changed.append)
+    try:
+        assert kube.start().override == ""
+        wait_until(lambda: kube._settled_key is not None, "the first node event resolved")
+        assert changed == []  # the first node event resolves the same identity: no call
+        apiserver.patch("nodes", "node-a", {"metadata": {"labels": {"underlay.io/config": "tuned"}}})
+        wait_until(lambda: changed, "the new override")
+        assert changed[0].override == "kube-system/tuned"
+        assert parse_config(changed[0].config, {}).warm_ips == 6
+    finally:
+        kube.stop()

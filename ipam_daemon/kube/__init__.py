@@ -60,6 +60,7 @@ class KubeIntegration:
         self.stopped = threading.Event()
         self.identity: NodeIdentity | None = None
         self._identity_lock = threading.Lock()
+        self._settled_key: tuple[str, str] | None = None
         node = settings.node_name
         self.events = EventRecorder(self.api, node, interval=settings.event_interval,
                                     queue_size=settings.event_queue_size)
@@ -108,21 +109,26 @@ class KubeIntegration:
             self.on_cordon(cordoned)
 
     def _node_seen(self, node: dict[str, Any]) -> None:
-        """Catch up: the boot fell back to the configuration, or the Node's providerID or
-        override label changed since; resolve again and tell the agent if it differs."""
-        current = self.identity
+        """Catch up: resolve again when the Node's providerID or override label differ from
+        the last settled attempt (the first event always counts: the boot may have fallen
+        back), and tell the agent when the identity or its configuration changed. Our own
+        status patches also arrive here; they do not change the key, so they cost nothing."""
         labels = (node.get("metadata") or {}).get("labels") or {}
-        wanted = labels.get(self.settings.override_label, "")
-        provider = (node.get("spec") or {}).get("providerID", "")
-        if current is not None and current.source == "kubernetes" \
-                and provider.endswith(current.instance_id) and wanted == current.override.partition("/")[2]:
+        key = ((node.get("spec") or {}).get("providerID", ""), labels.get(self.settings.override_label, ""))
+        if key == self._settled_key:
             return
         try:
             fresh = resolve_identity(self.api, self.settings.node_name, self.base_config, self.validate)
-        except (KubeError, IdentityError) as exc:
+        except KubeError as exc:  # transient: try again on the next event
             logger.warning("node %s: identity catch-up failed: %s", self.settings.node_name, exc)
             return
+        except IdentityError as exc:  # the Node itself is wrong: keep what we have
+            logger.error("%s; keeping the current configuration", exc)
+            self._settled_key = key
+            return
+        self._settled_key = key
         with self._identity_lock:
+            current = self.identity
             changed = current is None or (fresh.instance_id, dict(fresh.config), fresh.override) != \
                 (current.instance_id, dict(current.config), current.override)
             self.identity = fresh
