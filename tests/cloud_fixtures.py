@@ -18,6 +18,11 @@ from cloud.emulator.server import EmulatedCloud
 from cloud.emulator.settings import EmulatorSettings
 from cloud.emulator.world import World, build_world, make_setup_client
 
+# the fixtures, for `from cloud_fixtures import *` in the test modules
+FIXTURES = ["emulator", "control", "calls", "cloud", "world", "free_nodes", "node",
+            "setup_client", "subnet_blocks", "add_subnet"]
+__all__ = FIXTURES
+
 TIMEOUT_FAULT_SECONDS = 1.5
 NODES_PER_WORLD = 4
 READ_TIMEOUT = 0.5  # below TIMEOUT_FAULT_SECONDS, so an injected "timeout" times out

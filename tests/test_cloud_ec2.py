@@ -9,10 +9,7 @@ import pytest
 from cloud import errors
 from cloud.types import TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE
 from cloud_fixtures import call_count
-from cloud_fixtures import (  # noqa: F401
-    add_subnet, calls, cloud, control, emulator, free_nodes, node, setup_client, subnet_blocks,
-    world,
-)
+from cloud_fixtures import *  # noqa: F401,F403 - the fixtures
 
 pytestmark = pytest.mark.timeout(120)
 NODES_PER_WORLD = 14

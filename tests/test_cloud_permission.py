@@ -16,7 +16,7 @@ from moto.iam.models import iam_backends
 from cloud import errors
 from cloud.ec2 import Ec2Cloud
 from cloud_fixtures import call_count
-from cloud_fixtures import control, emulator, free_nodes, node, world  # noqa: F401
+from cloud_fixtures import *  # noqa: F401,F403 - the fixtures
 
 pytestmark = pytest.mark.timeout(120)
 NODES_PER_WORLD = 2

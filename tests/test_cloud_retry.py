@@ -7,9 +7,7 @@ import pytest
 
 from cloud import errors
 from cloud_fixtures import call_count, make_cloud, refused
-from cloud_fixtures import (  # noqa: F401
-    calls, cloud, control, emulator, free_nodes, node, setup_client, world,
-)
+from cloud_fixtures import *  # noqa: F401,F403 - the fixtures
 
 pytestmark = pytest.mark.timeout(120)
 NODES_PER_WORLD = 8
