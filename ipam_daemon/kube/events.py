@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from cloud import errors as cloud_errors
 
-from .client import KubeApi, KubeError
+from .client import KubeApi
 
 logger = logging.getLogger(__name__)
 COMPONENT = "underlay-agent"
@@ -167,10 +167,10 @@ class EventRecorder:
                 pending = self.queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            body = build_event(pending, self.host, datetime.datetime.now(datetime.timezone.utc))
             try:
+                body = build_event(pending, self.host, datetime.datetime.now(datetime.timezone.utc))
                 self.api.create_event(body["metadata"]["namespace"], body)
-            except KubeError as exc:
+            except Exception as exc:  # KubeError, or a bug: the worker must survive both
                 with self._lock:
                     self.counts["failed"] += 1
                 logger.warning("event %s for %s %s/%s not recorded: %s", pending.reason.value,

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .client import KubeApi, KubeError
+from .client import KubeApi
 from .watcher import Watcher
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class NodeStatusPublisher:
             try:
                 wait = self.publish_once()
                 delay = self.api.settings.backoff_min
-            except KubeError as exc:
+            except Exception as exc:  # KubeError, or a bug: the worker must survive both
                 self.patches["failed"] += 1
                 logger.warning("node %s: status patch failed (%s); retrying in %.1fs", self.node_name, exc, delay)
                 wait = delay

@@ -82,9 +82,12 @@ class Watcher:
             except KubeGone as exc:
                 logger.info("watch %s: %s; relisting", self.name, exc)
                 self.resource_version = None
-            except KubeError as exc:
+            except Exception as exc:  # KubeError, or a bug: the loop must outlive both
                 self.errors += 1
-                logger.warning("watch %s: %s; retrying in %.1fs", self.name, exc, delay)
+                if isinstance(exc, KubeError):
+                    logger.warning("watch %s: %s; retrying in %.1fs", self.name, exc, delay)
+                else:
+                    logger.exception("watch %s: unexpected failure; retrying in %.1fs", self.name, delay)
                 self.stopped.wait(delay)
                 delay = min(delay * 2, self.api.settings.backoff_max)
 
