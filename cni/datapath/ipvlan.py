@@ -83,6 +83,8 @@ def _lookup(ipr: Any, name: str) -> int | None:
 
 def ensure_host_slave(ipr: Any, eni: EniLink, eni_index: int) -> int:
     """The node's ipvlan slave of the ENI (created once, up, NOARP); returns its index."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     name = host_slave_name(eni)
     index = _lookup(ipr, name)
     if index is not None:
@@ -93,8 +95,12 @@ def ensure_host_slave(ipr: Any, eni: EniLink, eni_index: int) -> int:
             raise DatapathError(f"link {name} exists but is not an ipvlan slave of the ENI "
                                 f"{eni.mac}")
     else:
-        ipr.link("add", ifname=name, kind="ipvlan", link=eni_index,
-                 ipvlan_mode=IPVLAN_MODE_L2, mtu=eni.mtu)
+        try:
+            ipr.link("add", ifname=name, kind="ipvlan", link=eni_index,
+                     ipvlan_mode=IPVLAN_MODE_L2, mtu=eni.mtu)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # EEXIST: a concurrent setup made it first
+                raise
         index = _lookup(ipr, name)
         if index is None:
             raise DatapathError(f"host ipvlan slave {name} vanished right after creation")
@@ -216,7 +222,9 @@ def _delete_pod_link(ns: Any, ifname: str) -> None:
     link = ns.get_links(index)[0]
     info = link.get_attr("IFLA_LINKINFO")
     if info is None or info.get_attr("IFLA_INFO_KIND") != "ipvlan":
-        raise DatapathError(f"{ifname} in the pod is not an ipvlan link; not deleting it")
+        # not ours (wired in another mode, or the runtime's): leave it, and let DEL succeed
+        logger.warning("%s in the pod is not an ipvlan link; leaving it alone", ifname)
+        return
     _ignore_gone(ns.link, "del", index=index)
 
 
@@ -225,7 +233,10 @@ def teardown_pod_ipvlan(pod: PodSpec) -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    pod_route = f"{ipaddress.IPv4Address(pod.pod_ip)}/32"
+    try:
+        pod_route = f"{ipaddress.IPv4Address(pod.pod_ip)}/32"
+    except ValueError:
+        raise DatapathError(f"pod_ip {pod.pod_ip!r} is not an IPv4 address") from None
     try:
         with IPRoute() as ipr:
             host_index = _lookup(ipr, host_slave_name(pod.eni))

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import secrets
 import subprocess
+import threading
 
 import pytest
 
@@ -129,6 +130,8 @@ def test_setup_then_packets_flow(lab: Lab):
     assert "ipvlan" in link and "mode l2" in link
     assert "10.0.1.5/24" in in_ns(lab.pods["a"], "ip", "-o", "addr", "show", "eth0").stdout
     assert "default via 10.0.1.1 dev eth0" in in_ns(lab.pods["a"], "ip", "route").stdout
+    host_slave = sh("ip", "-n", lab.node, "-d", "addr", "show", "ipvl1").stdout
+    assert "NOARP" in host_slave and f"inet {NODE_IP}/32 scope host" in host_slave
 
     # pod to pod on the same ENI, both ways
     assert ping(lab.pods["a"], "10.0.1.6")
@@ -195,9 +198,44 @@ def test_teardown_leaves_nothing_and_repeats(lab: Lab):
     lab.on_node(teardown_pod_ipvlan, lab.pod("a", "10.0.1.5", netns="/run/netns/gone-x"))
     lab.on_node(teardown_pod_ipvlan, lab.pod("a", "10.0.1.5", netns=""))
     assert any("eth0 is missing" in p for p in lab.on_node(check_pod_ipvlan, a))
+    # an eth0 that is not ipvlan is not ours: DEL leaves it and still succeeds
+    in_ns(lab.pods["c"], "ip", "link", "add", "eth0", "type", "veth", "peer", "other0")
+    lab.on_node(teardown_pod_ipvlan, lab.pod("c", "10.0.1.7"))
+    assert "eth0" in in_ns(lab.pods["c"], "ip", "-o", "link").stdout
+    in_ns(lab.pods["c"], "ip", "link", "del", "eth0")
     # the per-ENI host slave goes when the ENI goes, and only then
     lab.on_node(remove_host_slave, ENI)
     lab.on_node(remove_host_slave, ENI)
     links = sh("ip", "-n", lab.node, "-o", "link").stdout
     assert "ipvl1" not in links and "eth1" in links
     assert "10.0.1." not in sh("ip", "-n", lab.node, "route", "show").stdout
+
+
+def test_concurrent_setups_share_one_host_slave(lab: Lab):
+    # the agent may wire two pods at once on an ENI whose host slave does not exist yet
+    pods = [lab.pod("a", "10.0.1.5"), lab.pod("b", "10.0.1.6")]
+    assert "ipvl1" not in sh("ip", "-n", lab.node, "-o", "link").stdout
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(pods), timeout=60)
+
+    def wire(pod: PodSpec) -> None:
+        try:
+            start.wait()
+            lab.on_node(setup_pod_ipvlan, pod)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wire, args=(pod,)) for pod in pods]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    try:
+        for pod in pods:
+            assert lab.on_node(check_pod_ipvlan, pod) == []
+        assert ping(lab.node, "10.0.1.5") and ping(lab.pods["a"], "10.0.1.6")
+    finally:
+        for pod in pods:
+            lab.on_node(teardown_pod_ipvlan, pod)
+        lab.on_node(remove_host_slave, ENI)
