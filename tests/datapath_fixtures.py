@@ -171,9 +171,11 @@ class Probe:
     reply_received: bool  # the receiver's answer made it back to the sender
 
 
-def udp_probe(src_ns: str, dst_ns: str, dst_ip: str, port: int = 40123) -> Probe | None:
+def udp_probe(src_ns: str, dst_ns: str, dst_ip: str, port: int = 40123,
+              send_to: str | None = None) -> Probe | None:
     """Send one UDP datagram from src_ns to dst_ip (served in dst_ns) and answer it.
 
+    ``send_to`` addresses the datagram elsewhere (a Service IP DNATed to dst_ip).
     Returns what the receiver saw, or None when nothing arrived.
     """
     ready, result = threading.Event(), {}
@@ -197,7 +199,7 @@ def udp_probe(src_ns: str, dst_ns: str, dst_ip: str, port: int = 40123) -> Probe
     def send() -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(3)
-            s.sendto(b"ping", (dst_ip, port))
+            s.sendto(b"ping", (send_to or dst_ip, port))
             try:
                 return s.recv(64) == b"pong:ping"
             except socket.timeout:

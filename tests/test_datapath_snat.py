@@ -58,6 +58,20 @@ def test_snated_traffic_needs_the_mark_rule_to_leave_by_the_primary_eni(vpc):
     assert out is not None and out.seen_source == PRIMARY_IP
 
 
+def test_a_service_ip_outside_the_vpc_dnated_to_a_vpc_endpoint_keeps_the_pods_eni(vpc):
+    """kube-proxy DNATs a ClusterIP (here 172.20.0.10, outside the VPC CIDR) to an endpoint
+    in the VPC: the egress decision must see the endpoint, not the Service IP, or the
+    packet would leave the primary ENI with pod B's source and the VPC would drop it."""
+    pod_b = vpc.pods[1]
+    vpc.in_node(ensure_snat, SNAT)
+    sh("ip", "netns", "exec", vpc.node, "iptables", "-w", "5", "-t", "nat", "-I", "PREROUTING",
+       "-d", "172.20.0.10/32", "-p", "udp", "-j", "DNAT", "--to-destination", VPC_HOST)
+    vpc.in_node(ensure_snat, SNAT)  # an agent restart after kube-proxy: order still right
+    seen = udp_probe(pod_b, vpc.router, VPC_HOST, send_to="172.20.0.10")
+    assert seen is not None
+    assert (seen.seen_source, seen.arrived_on, seen.reply_received) == (IP_B, "r1", True)
+
+
 def test_excluded_cidrs_and_disabling(vpc):
     pod_b = vpc.pods[1]
     vpc.in_node(ensure_snat, SnatConfig(primary_ip=PRIMARY_IP, vpc_cidrs=(VPC_CIDR,),
@@ -80,6 +94,7 @@ def test_ensure_is_idempotent_and_remove_leaves_nothing(vpc):
     assert ours(vpc) == first
     assert sum("-j UNDERLAY-SNAT" in line for line in first) == 1
     assert sum("-j UNDERLAY-CONNMARK" in line for line in first) == 1
+    assert sum("-i ulay+ -j UNDERLAY-EGRESS" in line for line in first) == 1
     vpc.in_node(remove_snat)
     vpc.in_node(remove_snat)  # nothing left to remove: fine
     after = kernel_state(vpc.node)
@@ -108,6 +123,7 @@ def test_rendered_rules_skip_vpc_and_excluded_before_marking():
     egress = [line for line in text.splitlines() if line.startswith("-A UNDERLAY-EGRESS")]
     assert [line.split()[3] for line in egress[:3]] == ["10.0.0.0/16", "10.1.0.0/16",
                                                        "192.0.2.7/32"]
-    assert egress[-1].endswith("-j CONNMARK --set-xmark 0x80/0x80")
+    assert egress[-2].endswith("-j CONNMARK --set-xmark 0x80/0x80")
+    assert egress[-1].endswith("-j MARK --set-xmark 0x80/0x80")
     snat = [line for line in text.splitlines() if line.startswith("-A UNDERLAY-SNAT")]
     assert snat[-1].endswith(f"-j SNAT --to-source {PRIMARY_IP} --random-fully")

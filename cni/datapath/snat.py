@@ -10,21 +10,28 @@ with a connection mark and route marked packets by the main table, whose default
 is the primary ENI's:
 
   mangle PREROUTING -> UNDERLAY-CONNMARK
-    ! -i ulay+ -d <primary IP> NEW        CONNMARK set 0x80  connections *to* the node's
-                                          primary IP (NodePort/hostPort DNATed to a pod):
-                                          the pod's replies must leave where they came in
-    -i ulay+ NEW -> UNDERLAY-EGRESS       RETURN for VPC CIDRs, excluded CIDRs and local
-                                          addresses; otherwise CONNMARK set 0x80
+    ! -i ulay+ -d <primary IP> NEW        CONNMARK set 0x80: connections *to* the node's
+                                          primary IP (NodePort/hostPort, DNATed to a pod
+                                          later): the pod's replies must leave where the
+                                          request came in (decided before DNAT, on purpose)
     -i ulay+                              CONNMARK restore to the packet mark (0x80 only)
+  nat PREROUTING (appended) -> UNDERLAY-EGRESS, for -i ulay+ (nat sees a connection's
+                                          first packet only)
+    RETURN for VPC CIDRs, excluded CIDRs and local addresses; otherwise CONNMARK set 0x80
+    and MARK set 0x80 (the first packet itself; later ones get it from the restore)
   rule fwmark 0x80/0x80 lookup main  priority 1024 (before the pods' 1536 rules)
   nat POSTROUTING -> UNDERLAY-SNAT
     RETURN for VPC CIDRs and excluded CIDRs
     connmark 0x80/0x80, destination not local -> SNAT --to-source <primary IP> --random-fully
 
-Replies to SNATed traffic come back to the primary IP on the primary ENI, conntrack
-restores the pod's address and rule 512 (to <podIP> lookup main) hands them to the veth;
-the ENI's loose rp_filter (set by ensure_eni) lets them in although the pod's own rule
-points at another ENI's table. Chains are rebuilt atomically with
+The egress decision sits in nat PREROUTING, after kube-proxy's DNAT: kube-proxy prepends
+its jump there and a DNAT ends the chain, so a pod's connection to a Service IP outside
+the VPC CIDRs that lands on a VPC endpoint is never marked and keeps its own ENI (marking
+in mangle, before DNAT, would push it out of the primary ENI with the pod's source, where
+the VPC drops it). Replies to SNATed traffic come back to the primary IP on the primary
+ENI, conntrack restores the pod's address and rule 512 (to <podIP> lookup main) hands
+them to the veth; the ENI's loose rp_filter (set by ensure_eni) lets them in although the
+pod's own rule points at another ENI's table. Chains are rebuilt atomically with
 ``iptables-restore --noflush`` (declaring a chain flushes it), jumps are added once.
 """
 from __future__ import annotations
@@ -44,8 +51,12 @@ MARK_RULE = Rule(priority=RULE_PRIO_MARK, table=MAIN_TABLE, fwmark=MARK, fwmask=
 CHAIN_CONNMARK = "UNDERLAY-CONNMARK"
 CHAIN_EGRESS = "UNDERLAY-EGRESS"
 CHAIN_SNAT = "UNDERLAY-SNAT"
-JUMPS = (("mangle", "PREROUTING", CHAIN_CONNMARK), ("nat", "POSTROUTING", CHAIN_SNAT))
-CHAINS = (("mangle", CHAIN_CONNMARK), ("mangle", CHAIN_EGRESS), ("nat", CHAIN_SNAT))
+PODS = HOST_VETH_PREFIX + "+"
+# (table, parent chain, match before the jump, our chain)
+JUMPS = (("mangle", "PREROUTING", (), CHAIN_CONNMARK),
+         ("nat", "PREROUTING", ("-i", PODS), CHAIN_EGRESS),
+         ("nat", "POSTROUTING", (), CHAIN_SNAT))
+CHAINS = (("mangle", CHAIN_CONNMARK), ("nat", CHAIN_EGRESS), ("nat", CHAIN_SNAT))
 LOCK_WAIT = "5"  # seconds to wait for the xtables lock
 TIMEOUT = 20.0  # seconds for any iptables process
 
@@ -74,21 +85,20 @@ def _cidrs(values: tuple[str, ...]) -> list[str]:
 
 def render_rules(cfg: SnatConfig) -> str:
     """The iptables-restore input for our chains (pure; tested on its own)."""
-    pods = HOST_VETH_PREFIX + "+"
     skip = _cidrs(cfg.vpc_cidrs) + _cidrs(cfg.excluded_cidrs)
     mark = f"{MARK:#x}/{MARK:#x}"
-    lines = ["*mangle", f":{CHAIN_CONNMARK} - [0:0]", f":{CHAIN_EGRESS} - [0:0]",
-             f"-A {CHAIN_CONNMARK} ! -i {pods} -d {cfg.primary_ip}/32 -m conntrack "
+    lines = ["*mangle", f":{CHAIN_CONNMARK} - [0:0]",
+             f"-A {CHAIN_CONNMARK} ! -i {PODS} -d {cfg.primary_ip}/32 -m conntrack "
              f"--ctstate NEW -m comment --comment \"underlay: reply via primary ENI\" "
              f"-j CONNMARK --set-xmark {mark}",
-             f"-A {CHAIN_CONNMARK} -i {pods} -m conntrack --ctstate NEW -j {CHAIN_EGRESS}",
-             f"-A {CHAIN_CONNMARK} -i {pods} -j CONNMARK --restore-mark "
-             f"--nfmask {MARK:#x} --ctmask {MARK:#x}"]
+             f"-A {CHAIN_CONNMARK} -i {PODS} -j CONNMARK --restore-mark "
+             f"--nfmask {MARK:#x} --ctmask {MARK:#x}",
+             "COMMIT", "*nat", f":{CHAIN_EGRESS} - [0:0]", f":{CHAIN_SNAT} - [0:0]"]
     lines += [f"-A {CHAIN_EGRESS} -d {c} -j RETURN" for c in skip]
     lines += [f"-A {CHAIN_EGRESS} -m addrtype --dst-type LOCAL -j RETURN",
               f"-A {CHAIN_EGRESS} -m comment --comment \"underlay: leaves the VPC\" "
               f"-j CONNMARK --set-xmark {mark}",
-              "COMMIT", "*nat", f":{CHAIN_SNAT} - [0:0]"]
+              f"-A {CHAIN_EGRESS} -j MARK --set-xmark {mark}"]
     lines += [f"-A {CHAIN_SNAT} -d {c} -j RETURN" for c in skip]
     lines += [f"-A {CHAIN_SNAT} -m connmark --mark {mark} -m addrtype ! --dst-type LOCAL "
               f"-m comment --comment \"underlay: SNAT to primary IP\" "
@@ -111,8 +121,8 @@ def _iptables(*args: str) -> subprocess.CompletedProcess:
     return _run(["iptables", "-w", LOCK_WAIT, *args])
 
 
-def _has_jump(table: str, parent: str, chain: str) -> bool:
-    return _iptables("-t", table, "-C", parent, "-j", chain).returncode == 0
+def _has_jump(table: str, parent: str, match: tuple[str, ...], chain: str) -> bool:
+    return _iptables("-t", table, "-C", parent, *match, "-j", chain).returncode == 0
 
 
 def ensure_snat(cfg: SnatConfig) -> None:
@@ -125,9 +135,9 @@ def ensure_snat(cfg: SnatConfig) -> None:
     if done.returncode != 0:
         raise DatapathError(f"iptables-restore of the SNAT chains failed: "
                             f"{done.stderr.strip()}")
-    for table, parent, chain in JUMPS:
-        if not _has_jump(table, parent, chain):
-            added = _iptables("-t", table, "-A", parent, "-j", chain)
+    for table, parent, match, chain in JUMPS:
+        if not _has_jump(table, parent, match, chain):
+            added = _iptables("-t", table, "-A", parent, *match, "-j", chain)
             if added.returncode != 0:
                 raise DatapathError(f"adding jump {table} {parent} -> {chain} failed: "
                                     f"{added.stderr.strip()}")
@@ -148,11 +158,11 @@ def remove_snat() -> None:
     """Remove our jumps, chains and mark rule; anything already gone is fine."""
     from pyroute2 import IPRoute
 
-    for table, parent, chain in JUMPS:
+    for table, parent, match, chain in JUMPS:
         for _ in range(16):  # duplicates from a crashed older version, bounded
-            if not _has_jump(table, parent, chain):
+            if not _has_jump(table, parent, match, chain):
                 break
-            _iptables("-t", table, "-D", parent, "-j", chain)
+            _iptables("-t", table, "-D", parent, *match, "-j", chain)
     for table, chain in CHAINS:
         _iptables("-t", table, "-F", chain)
     failures = []
