@@ -52,12 +52,16 @@ class ProcessId:
 
 
 def read_start_time(pid: int) -> int | None:
+    """The process's start time, or None if it is gone or a zombie (already dead, waiting
+    for a parent that may never reap it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # the command name may hold spaces and parentheses: split after the last ')'
     fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
     return int(fields[19])
 
 
