@@ -5,16 +5,21 @@ Validation order follows the reference skeleton (libcni's ``skel``): the command
 environment the command needs, then stdin (size, JSON, cniVersion, then the keys).
 Nothing here has side effects: bad input never reaches the agent or the kernel.
 
-``Request`` is a ``NamedTuple`` rather than a frozen dataclass on purpose: ``dataclasses``
-imports ``inspect`` (about 8 ms, a third of the executable's budget), ``typing`` is loaded
-by ``cni.spec`` anyway, and a NamedTuple is just as immutable.
+``Request`` is a named tuple rather than a frozen dataclass on purpose: ``dataclasses``
+imports ``inspect`` and ``typing.NamedTuple`` imports ``typing`` (8 and 5 ms, together half
+of the executable's budget); ``collections`` is loaded by ``json`` anyway, and a named tuple
+is just as immutable.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from typing import Any, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from cni.spec import DEFAULT_SOCKET, MODES, PLUGIN_TYPE, SUPPORTED_VERSIONS, Code, CniError
 
@@ -40,20 +45,15 @@ _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
 _VERSION_RE = re.compile(r"\d+\.\d+\.\d+\Z")
 
 
-class Request(NamedTuple):
-    command: str
-    cni_version: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    pod: dict[str, str] = {}
-    network: str = ""
-    socket: str = DEFAULT_SOCKET
-    mode: str = "veth"
-    mtu: int | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    prev_result: dict[str, Any] | None = None
-    valid_attachments: tuple[dict[str, str], ...] | None = None
+class Request(namedtuple("Request", (
+        "command", "cni_version", "container_id", "netns", "ifname", "pod", "network",
+        "socket", "mode", "mtu", "timeout", "prev_result", "valid_attachments"),
+        defaults=("", "", "", {}, "", DEFAULT_SOCKET, "veth", None, DEFAULT_TIMEOUT, None, None))):
+    """One parsed invocation. ``pod``: pod_namespace, pod_name, pod_uid, infra_container_id
+    from CNI_ARGS (those present); ``mtu`` None: the agent's; ``prev_result`` the netconf's
+    prevResult; ``valid_attachments`` (GC only) the cni.dev/valid-attachments entries."""
+
+    __slots__ = ()
 
 
 def parse_request(env: dict[str, str], stdin: bytes) -> Request:

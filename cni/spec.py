@@ -11,11 +11,20 @@ older version it still supports (one step back) and refuses a newer one with cod
     POST /v1/gc       GcRequest      -> 200 {"released": [{"containerID", "ifname"}]}
     GET  /v1/status                  -> 200 StatusReply
     any failure                      -> 4xx/5xx ErrorReply {"code", "msg", "details"}
+
+The TypedDicts of the CNI wire types and of this protocol (NetConf, Result, AttachRequest,
+...) are defined in ``cni.spec_wire`` and re-exported here on first use (PEP 562), so that
+importing this module does not load ``typing``: the executable's budget is about 25 ms.
 """
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, NotRequired, TypedDict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cni.spec_wire import *  # noqa: F403 - the names re-exported below
 
 API_VERSION = 1
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
@@ -62,102 +71,16 @@ class CniError(Exception):
         return out
 
 
-# ---- CNI wire types -------------------------------------------------------------------
-
-class Interface(TypedDict):
-    name: str
-    mac: NotRequired[str]
-    mtu: NotRequired[int]
-    sandbox: NotRequired[str]
+_WIRE_TYPES = frozenset((
+    "Interface", "IpConfig", "RouteEntry", "Result", "NetConf", "Attachment", "AttachRequest",
+    "DetachRequest", "CheckRequest", "GcRequest", "StatusReply", "ErrorReply",
+))
 
 
-class IpConfig(TypedDict):
-    address: str  # CIDR
-    gateway: NotRequired[str]
-    interface: NotRequired[int]
+def __getattr__(name: str) -> Any:
+    """Lazy re-export of the wire TypedDicts from ``cni.spec_wire``."""
+    if name in _WIRE_TYPES:
+        from cni import spec_wire
 
-
-class RouteEntry(TypedDict):
-    dst: str
-    gw: NotRequired[str]
-
-
-class Result(TypedDict):
-    cniVersion: str
-    interfaces: NotRequired[list[Interface]]
-    ips: NotRequired[list[IpConfig]]
-    routes: NotRequired[list[RouteEntry]]
-    dns: NotRequired[dict[str, Any]]
-
-
-class NetConf(TypedDict):
-    cniVersion: str
-    name: str
-    type: str
-    socket: NotRequired[str]
-    mode: NotRequired[str]
-    mtu: NotRequired[int]
-    timeout: NotRequired[float]
-    prevResult: NotRequired[Result]
-    runtimeConfig: NotRequired[dict[str, Any]]
-
-
-# ---- agent socket protocol ------------------------------------------------------------
-
-class Attachment(TypedDict):
-    containerID: str
-    ifname: str
-
-
-class AttachRequest(TypedDict):
-    api: int
-    cni_version: str
-    network: str
-    container_id: str
-    ifname: str
-    netns: str
-    mode: str
-    mtu: NotRequired[int]
-    pod_namespace: NotRequired[str]
-    pod_name: NotRequired[str]
-    pod_uid: NotRequired[str]
-    prev_result: NotRequired[Result]
-
-
-class DetachRequest(TypedDict):
-    api: int
-    network: str
-    container_id: str
-    ifname: str
-    netns: NotRequired[str]  # may be empty: DEL without a netns still releases the IP
-    pod_namespace: NotRequired[str]
-    pod_name: NotRequired[str]
-
-
-class CheckRequest(TypedDict):
-    api: int
-    cni_version: str
-    network: str
-    container_id: str
-    ifname: str
-    netns: str
-    prev_result: NotRequired[Result]
-
-
-class GcRequest(TypedDict):
-    api: int
-    network: str
-    valid_attachments: list[Attachment]
-
-
-class StatusReply(TypedDict):
-    ready: bool
-    available: int
-    code: NotRequired[int]
-    msg: NotRequired[str]
-
-
-class ErrorReply(TypedDict):
-    code: int
-    msg: str
-    details: NotRequired[str]
+        return getattr(spec_wire, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ EXECUTABLE_OWN_MODULES = {"cni", "cni.plugin", "cni.request", "cni.agent_client"
 FORBIDDEN_IN_EXECUTABLE = ("pyroute2", "boto3", "botocore", "kubernetes", "ipam_daemon",
                            "cni.datapath", "cloud", "yaml", "urllib3", "requests")
 AVOIDED_STDLIB = ("http", "email", "dataclasses", "inspect", "logging", "asyncio", "selectors",
-                  "subprocess", "ssl")
+                  "subprocess", "ssl", "typing")
 
 
 def imported_modules(path: Path, package: str | None = None) -> set[str]:
@@ -105,3 +105,14 @@ def test_executable_import_graph_is_stdlib_and_spec_only(cni_bin_dir, tmp_path, 
     assert ours <= EXECUTABLE_OWN_MODULES, ours - EXECUTABLE_OWN_MODULES
     third_party = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names) - {"cni"}
     assert not third_party, third_party
+
+
+def test_spec_wire_types_are_reexported_lazily():
+    """``cni.spec`` loads without ``typing``; its wire TypedDicts still import from it."""
+    code = ("import sys; import cni.spec; assert 'typing' not in sys.modules, 'typing loaded'; "
+            "from cni.spec import AttachRequest, Result, ErrorReply; "
+            "assert 'netns' in AttachRequest.__required_keys__; "
+            "assert 'mtu' in AttachRequest.__optional_keys__; print('ok')")
+    proc = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {REPO!r}); "
+                           + code], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.stdout.strip() == "ok", proc.stderr
