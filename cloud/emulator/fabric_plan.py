@@ -228,6 +228,10 @@ def plan_fabric(view: CloudView) -> FabricPlan:
             logger.warning("route %s in %s shadowed by the one in %s", cidr, route.table_id,
                            seen[cidr].table_id)
             continue
+        if cidr.endswith("/32") and cidr[:-3] in owner:
+            logger.warning("route %s in %s ignored: the address is an ENI's own", cidr,
+                           route.table_id)
+            continue
         seen[cidr] = route
         routes.add(RouterRoute(cidr, by_eni[target.id].router_ifname, target.primary_ip))
     return FabricPlan(
