@@ -301,6 +301,8 @@ class Ec2Cloud:
     def delete_eni(self, eni_id: EniId) -> None:
         require_id(eni_id, "eni-", "ENI id", "DeleteNetworkInterface")
         self._call("DeleteNetworkInterface", {"NetworkInterfaceId": eni_id}, eni_id=eni_id)
+        with self._lock:
+            self._created.pop(eni_id, None)  # gone for good: NotFound is no longer a lag
         logger.info("deleted ENI %s", eni_id)
 
     def assign_ips(self, eni_id: EniId, count: int) -> tuple[str, ...]:

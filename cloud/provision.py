@@ -58,7 +58,15 @@ def provision_eni(
             try:
                 cloud.attach_eni(eni.id, instance.id, index)
                 break
-            except InUse:
+            except InUse as error:
+                if error.code == "InvalidNetworkInterface.InUse":
+                    # The ENI itself is attached: a retried attach whose first answer
+                    # was lost. Fine if it is attached here; anything else is an error.
+                    current = cloud.describe_eni(eni.id)
+                    if current.instance_id != instance.id or current.device_index is None:
+                        raise
+                    index = current.device_index
+                    break
                 # Another attach took this index between our listing and our call.
                 logger.info("device index %d on %s is taken; trying the next one",
                             index, instance.id)
