@@ -4,6 +4,7 @@ limit and accepting just below it, and that a refusal changes nothing."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterator
 
 import boto3
@@ -28,7 +29,7 @@ def ec2(emulator: EmulatedCloud):
     return boto3.client(
         "ec2", endpoint_url=emulator.endpoint, region_name=emulator.region,
         aws_access_key_id="testing", aws_secret_access_key="testing",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10),
     )
 
 
@@ -307,3 +308,33 @@ def test_snapshot_reports_enis_as_the_fabric_needs_them(emulator, ec2):
     assert seen["mac"] == eni["MacAddress"] and seen["source_dest_check"] is False
     assert seen["ips"][0] == eni["PrivateIpAddress"] and len(seen["ips"]) == 3
     assert by_id[node.primary_eni_id]["ips"] == [node.primary_ip]
+
+
+def test_concurrent_clients_cannot_overshoot_a_limit_or_share_an_address(emulator):
+    """Check-then-act is atomic: twelve parallel single-IP assigns on one m5.large ENI
+    holding 1 address: exactly nine succeed, and no address is handed out twice."""
+    world = world_of(emulator, "m5.large")
+    eni_id = world.instances[0].primary_eni_id
+    outcomes: list[str] = []
+
+    def assign() -> None:
+        client = boto3.client(
+            "ec2", endpoint_url=emulator.endpoint, region_name=emulator.region,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10))
+        try:
+            client.assign_private_ip_addresses(NetworkInterfaceId=eni_id,
+                                               SecondaryPrivateIpAddressCount=1)
+            outcomes.append("ok")
+        except ClientError as exc:
+            outcomes.append(exc.response["Error"]["Code"])
+
+    workers = [threading.Thread(target=assign) for _ in range(12)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert sorted(outcomes) == ["PrivateIpAddressLimitExceeded"] * 3 + ["ok"] * 9
+    held = emulator.control.snapshot()
+    every = [a for e in held["enis"] if e["subnet_id"] == world.subnet_ids[0] for a in e["ips"]]
+    assert len(every) == len(set(every)) == 10

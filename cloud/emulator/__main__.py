@@ -12,7 +12,7 @@ from typing import Sequence
 
 from cloud.emulator.server import EmulatedCloud
 from cloud.emulator.settings import EmulatorSettings
-from cloud.emulator.world import build_world
+from cloud.emulator.world import build_world, validate_layout
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    subnets = tuple(args.subnets or ("10.0.0.0/24",))
     try:
         settings = EmulatorSettings(attach_latency=args.attach_latency,
                                     buckets_enabled=not args.no_buckets, seed=args.seed)
+        validate_layout(args.vpc_cidr, subnets, args.nodes)
     except ValueError as exc:
         print(f"underlay-cloud: {exc}", file=sys.stderr)
         return 2
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         world = build_world(cloud.endpoint, region=args.region, nodes=args.nodes,
                             instance_type=args.instance_type, vpc_cidr=args.vpc_cidr,
-                            subnet_cidrs=tuple(args.subnets or ("10.0.0.0/24",)),
+                            subnet_cidrs=subnets,
                             cluster=args.cluster)
         print(json.dumps(world.to_dict()), flush=True)
         while not stop.wait(1.0):

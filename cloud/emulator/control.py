@@ -2,7 +2,7 @@
 and ``EmulatorControl``, its client, so a test can drive an emulator in another process.
 
     GET    /_emulator/health              {"ok": true, "region": ..}
-    PUT    /_emulator/faults              {"faults": [...], "seed": n|null}
+    PUT    /_emulator/faults              {"faults": [{action, kind, rate, seconds?}], "seed": n|null}
     DELETE /_emulator/faults
     PUT    /_emulator/attach-latency      {"seconds": s}
     PUT    /_emulator/buckets             {"enabled": bool, "<category>": {capacity, refill_per_second}}

@@ -95,7 +95,8 @@ class StrictLayer:
         if fault.kind == "throttle":
             raise Refusal("RequestLimitExceeded", "Request limit exceeded.", 503)
         if fault.kind == "timeout":
-            self._stopping.wait(knobs.timeout_fault_seconds)
+            self._stopping.wait(fault.seconds if fault.seconds is not None
+                                else knobs.timeout_fault_seconds)
         raise Refusal("InternalError", "An internal error has occurred.", 500)
 
     def _serve(self, request: ApiRequest, region: str, environ: dict[str, Any],

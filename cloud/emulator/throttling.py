@@ -92,12 +92,13 @@ class Fault:
     action: str  # an EC2 action name or "*"
     kind: str  # one of FAULT_KINDS
     rate: float  # probability per matching call, 0..1
+    seconds: float | None = None  # "timeout" only: stall this long (default: the setting)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Fault":
         if not isinstance(raw, Mapping):
             raise ValueError(f"a fault is a mapping with action, kind, rate; got {raw!r}")
-        unknown = set(raw) - {"action", "kind", "rate"}
+        unknown = set(raw) - {"action", "kind", "rate", "seconds"}
         if unknown:
             raise ValueError(f"unknown fault fields {sorted(unknown)}")
         action, kind, rate = raw.get("action"), raw.get("kind"), raw.get("rate", 1.0)
@@ -107,7 +108,12 @@ class Fault:
             raise ValueError(f"fault 'kind' must be one of {FAULT_KINDS}, got {kind!r}")
         if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
             raise ValueError(f"fault 'rate' must be a number in [0, 1], got {rate!r}")
-        return cls(action=action, kind=kind, rate=float(rate))
+        seconds = raw.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or seconds < 0):
+            raise ValueError(f"fault 'seconds' must be a number >= 0, got {seconds!r}")
+        return cls(action=action, kind=kind, rate=float(rate),
+                   seconds=None if seconds is None else float(seconds))
 
 
 class FaultInjector:
@@ -138,7 +144,8 @@ class FaultInjector:
 
     def describe(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"action": f.action, "kind": f.kind, "rate": f.rate} for f in self._faults]
+            return [{"action": f.action, "kind": f.kind, "rate": f.rate, "seconds": f.seconds}
+                    for f in self._faults]
 
 
 class CallCounter:
