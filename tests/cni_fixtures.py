@@ -43,10 +43,12 @@ def build_libcni_client(out: str = LIBCNI_BIN) -> str:
     cache = os.path.join(os.path.dirname(out), ".gocache")
     env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOCACHE=cache, GOFLAGS="",
                CGO_ENABLED="0")
-    proc = subprocess.run(["go", "build", "-o", out, "."], cwd=LIBCNI_SRC, env=env,
+    tmp = f"{out}.{os.getpid()}.tmp"  # others may be running the binary: replace atomically
+    proc = subprocess.run(["go", "build", "-o", tmp, "."], cwd=LIBCNI_SRC, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"building the libcni client failed:\n{proc.stderr}")
+    os.replace(tmp, out)
     return out
 
 
