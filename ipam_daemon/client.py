@@ -53,6 +53,9 @@ class AgentClient:
                 if attempt:
                     raise
                 continue
+            except BaseException:
+                self.close()  # never reuse a connection left mid-request
+                raise
             return response.status, json.loads(raw) if raw else None
         raise AssertionError("unreachable")
 

@@ -66,12 +66,14 @@ def cloud_client(emulator: EmulatedCloud) -> Ec2Cloud:
 class AgentProcess:
     """``python -m ipam_daemon.main --config FILE`` against the emulator."""
 
-    def __init__(self, workdir: Path, emulator: EmulatedCloud, world: World, **config) -> None:
+    def __init__(self, workdir: Path, emulator: EmulatedCloud, world: World, node: int = 0,
+                 **config) -> None:
         self.workdir = workdir
+        self.instance = world.instances[node]
         self.status_port = free_port()
         self.config = fast_config(
-            cluster=world.cluster, instance_id=world.instances[0].instance_id,
-            node_name=world.instances[0].name, region=emulator.region,
+            cluster=world.cluster, instance_id=self.instance.instance_id,
+            node_name=self.instance.name, region=emulator.region,
             cloud_endpoint=emulator.endpoint, socket_path=str(workdir / "run" / "agent.sock"),
             state_path=str(workdir / "state" / "ipam.db"), status_port=self.status_port)
         self.config.update(config)
@@ -131,16 +133,17 @@ class AgentProcess:
     # ---- the socket protocol ----------------------------------------------------------
 
     def attach(self, container_id: str, ifname: str = "eth0", network: str = "net",
-               **extra) -> tuple[int, dict]:
+               client: AgentClient | None = None, **extra) -> tuple[int, dict]:
         body = {"api": 1, "cni_version": "1.0.0", "network": network,
                 "container_id": container_id, "ifname": ifname, "netns": f"/proc/1/ns/{container_id}",
                 "mode": "veth", "pod_namespace": "default", "pod_name": f"pod-{container_id}"}
         body.update(extra)
-        return self.client.post("/v1/attach", body)
+        return (client or self.client).post("/v1/attach", body)
 
-    def detach(self, container_id: str, ifname: str = "eth0", network: str = "net"):
-        return self.client.post("/v1/detach", {"api": 1, "network": network,
-                                               "container_id": container_id, "ifname": ifname})
+    def detach(self, container_id: str, ifname: str = "eth0", network: str = "net",
+               client: AgentClient | None = None):
+        return (client or self.client).post("/v1/detach", {
+            "api": 1, "network": network, "container_id": container_id, "ifname": ifname})
 
     def pool(self) -> dict:
         status, body = self.client.get("/v1/pool")
