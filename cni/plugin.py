@@ -31,7 +31,7 @@ def cmd_add(req: Request) -> dict[str, Any]:
     require_netns(req)
     body = {"api": API_VERSION, "cni_version": req.cni_version, "network": req.network,
             "container_id": req.container_id, "ifname": req.ifname, "netns": req.netns,
-            "mode": req.mode, **req.pod}
+            "mode": req.mode, **_pod_fields(req, ("pod_namespace", "pod_name", "pod_uid"))}
     if req.mtu is not None:
         body["mtu"] = req.mtu
     reply = ask_agent(req, "POST", "/v1/attach", body, Code.TRY_AGAIN_LATER)
@@ -54,7 +54,7 @@ def cmd_check(req: Request) -> None:
 def cmd_del(req: Request) -> None:
     body = {"api": API_VERSION, "network": req.network, "container_id": req.container_id,
             "ifname": req.ifname, "netns": req.netns,
-            **{k: v for k, v in req.pod.items() if k in ("pod_namespace", "pod_name")}}
+            **_pod_fields(req, ("pod_namespace", "pod_name"))}
     try:
         ask_agent(req, "POST", "/v1/detach", body, Code.TRY_AGAIN_LATER)
     except AgentDown as down:
@@ -111,6 +111,11 @@ def ask_agent(req: Request, method: str, path: str, body: dict | None,
         msg = reply.get("msg") or f"agent answered HTTP {status} without a message"
         raise CniError(code, str(msg), str(reply.get("details") or ""))
     return reply
+
+
+def _pod_fields(req: Request, names: tuple[str, ...]) -> dict[str, str]:
+    """The CNI_ARGS pod fields that the agent's request type declares."""
+    return {k: v for k, v in req.pod.items() if k in names}
 
 
 def require_netns(req: Request) -> None:

@@ -63,6 +63,8 @@ def test_add_check_del_through_libcni(libcni_client, node, version):
     assert result["interfaces"][ip["interface"]] == {"name": "eth0", "sandbox": netns}
     held = pods(node.agent)
     assert held == {("e2e-1", "eth0"): ip["address"].split("/")[0]}
+    record = [p for p in node.agent.client.get("/v1/pods")[1] if p["network"] == NET][0]
+    assert (record["namespace"], record["name"], record["netns"]) == ("default", "web-0", netns)
 
     check = run_libcni(libcni_client, "check", node.conflist(version), *args, **node.libcni)
     assert check.returncode == 0, check.stdout
