@@ -169,6 +169,7 @@ class Fabric:
 
     # -- following the cloud -------------------------------------------------------------
     def _follow(self) -> None:
+        last_error = ""
         while not self._stopping.is_set():
             self._wake.wait(self._poll_interval)
             self._wake.clear()
@@ -176,8 +177,11 @@ class Fabric:
                 return
             try:
                 self.sync_now()
-            except Exception:  # retried on the next tick; the loop must not die
-                logger.exception("fabric %s: reconcile failed", self.prefix)
+                last_error = ""
+            except Exception as exc:  # retried on the next tick; the loop must not die
+                if str(exc) != last_error:  # once per distinct failure, not every tick
+                    logger.exception("fabric %s: reconcile failed, retrying", self.prefix)
+                last_error = str(exc)
 
     def sync_now(self) -> bool:
         """Reconcile once with the cloud's current state; True if anything changed."""
