@@ -68,8 +68,14 @@ def test_pods_reach_each_other_the_node_and_leave_through_their_own_eni(vpc):
 
 
 def test_kernel_state_is_exactly_the_design(vpc):
-    pod_ns, spec = wire(vpc, IP_B, 1)
+    pod_ns = vpc.add_pod_netns()
+    spec = vpc.pod_spec(pod_ns, IP_B, 1)
+    wired = vpc.in_node(setup_pod, spec)
     host = spec.host_ifname
+    pod_link = sh("ip", "-n", pod_ns, "-o", "link", "show", "eth0").stdout
+    assert wired.host_ifname == host and f"link/ether {wired.pod_mac} " in pod_link
+    assert pod_link.startswith(f"{wired.pod_ifindex}: eth0@")
+    assert vpc.in_node(check_pod, spec) == []
     assert len(host) == 15 and host.startswith("ulay")
     rules = sh("ip", "-n", vpc.node, "rule", "show").stdout
     assert f"512:\tfrom all to {IP_B} lookup main" in rules
