@@ -104,7 +104,10 @@ def setup_pod(pod: PodSpec) -> WiredPod:
     from pyroute2 import IPRoute
 
     validate_pod(pod)
-    with IPRoute() as host, contextlib.ExitStack() as undo:
+    # outermost: a netlink error no step anticipated still arrives as a DatapathError,
+    # after the rollback below has run
+    with naming_step(f"wiring {pod.pod_ip} for {pod.container_id}"), \
+            IPRoute() as host, contextlib.ExitStack() as undo:
         _remove_stale_host_veth(host, pod)
         index = _create_veth(host, pod, undo)
         with naming_step(f"bringing up host veth {pod.host_ifname}"):
@@ -159,7 +162,7 @@ def teardown_pod(pod: PodSpec) -> None:
     from pyroute2 import IPRoute
 
     validate_pod(pod)
-    with IPRoute() as host:
+    with naming_step(f"tearing down {pod.pod_ip} of {pod.container_id}"), IPRoute() as host:
         index = find_link_index(host, pod.host_ifname)
         route_oif = find_host_route_oif(host, pod.pod_ip)
         link = get_link(host, index) if index is not None else None
