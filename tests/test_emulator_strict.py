@@ -338,3 +338,68 @@ def test_concurrent_clients_cannot_overshoot_a_limit_or_share_an_address(emulato
     held = emulator.control.snapshot()
     every = [a for e in held["enis"] if e["subnet_id"] == world.subnet_ids[0] for a in e["ips"]]
     assert len(every) == len(set(every)) == 10
+
+
+def test_run_instances_gets_a_usable_unique_address_or_a_clear_refusal(emulator, ec2):
+    world = world_of(emulator, subnet="10.0.0.0/28", nodes=1)
+    subnet_id = world.subnet_ids[0]
+    image = ec2.describe_images(ImageIds=["ami-760aaa0f"])["Images"][0]["ImageId"]
+    launched = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet_id,
+                                 InstanceType="t3.micro")["Instances"][0]
+    address = ipaddress.IPv4Address(launched["PrivateIpAddress"])
+    assert 4 <= int(address) - int(ipaddress.IPv4Address("10.0.0.0")) <= 14
+    assert launched["PrivateIpAddress"] != world.instances[0].primary_ip
+    refused("InvalidParameterValue", ec2.run_instances, ImageId=image, MinCount=1, MaxCount=1,
+            SubnetId=subnet_id, PrivateIpAddress="10.0.0.2")
+    refused("InvalidIPAddress.InUse", ec2.run_instances, ImageId=image, MinCount=1, MaxCount=1,
+            SubnetId=subnet_id, PrivateIpAddress=launched["PrivateIpAddress"])
+    error = refused("InvalidParameterValue", ec2.run_instances, ImageId=image, MinCount=2,
+                    MaxCount=2, SubnetId=subnet_id)
+    assert "MaxCount must be 1" in str(error)
+    refused("InvalidParameterValue", ec2.run_instances, ImageId=image, MinCount=1, MaxCount=1,
+            SubnetId=subnet_id, InstanceType="z9.nonexistent")
+    assert ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0][
+        "AvailableIpAddressCount"] == 9
+
+
+def test_reassignment_moves_a_secondary_address_only_when_allowed(emulator, ec2):
+    world = world_of(emulator)
+    node = world.instances[0]
+    other = new_eni(ec2, world, secondaries=1)
+    moved = [a["PrivateIpAddress"] for a in other["PrivateIpAddresses"] if not a["Primary"]]
+    refused("InvalidIPAddress.InUse", ec2.assign_private_ip_addresses,
+            NetworkInterfaceId=node.primary_eni_id, PrivateIpAddresses=moved)
+    refused("InvalidIPAddress.InUse", ec2.assign_private_ip_addresses,
+            NetworkInterfaceId=node.primary_eni_id, AllowReassignment=True,
+            PrivateIpAddresses=[other["PrivateIpAddress"]])  # a primary never moves
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=node.primary_eni_id,
+                                    AllowReassignment=True, PrivateIpAddresses=moved)
+    assert addresses_of(ec2, node.primary_eni_id) == [node.primary_ip] + moved
+    assert addresses_of(ec2, other["NetworkInterfaceId"]) == [other["PrivateIpAddress"]]
+
+
+def test_delete_on_termination_and_status_filters(emulator, ec2):
+    world = world_of(emulator)
+    node = world.instances[0]
+    attached, loose = (new_eni(ec2, world)["NetworkInterfaceId"] for _ in range(2))
+    attachment = ec2.attach_network_interface(NetworkInterfaceId=attached,
+                                              InstanceId=node.instance_id,
+                                              DeviceIndex=1)["AttachmentId"]
+    ec2.modify_network_interface_attribute(
+        NetworkInterfaceId=attached,
+        Attachment={"AttachmentId": attachment, "DeleteOnTermination": True})
+    refused("InvalidAttachmentID.NotFound", ec2.modify_network_interface_attribute,
+            NetworkInterfaceId=loose,
+            Attachment={"AttachmentId": attachment, "DeleteOnTermination": True})
+    seen = ec2.describe_network_interfaces(NetworkInterfaceIds=[attached])["NetworkInterfaces"][0]
+    assert seen["Attachment"]["DeleteOnTermination"] is True
+
+    def ids(name: str, value: str) -> set[str]:
+        found = ec2.describe_network_interfaces(Filters=[
+            {"Name": "subnet-id", "Values": [world.subnet_ids[0]]},
+            {"Name": name, "Values": [value]}])["NetworkInterfaces"]
+        return {n["NetworkInterfaceId"] for n in found}
+
+    assert ids("status", "available") == {loose}
+    assert ids("status", "in-use") == {attached, node.primary_eni_id}
+    assert ids("attachment.status", "attached") == {attached, node.primary_eni_id}

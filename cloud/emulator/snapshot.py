@@ -15,7 +15,7 @@ def take_snapshot(backend: Any) -> dict[str, Any]:
         "vpcs": [{"id": v.id, "cidr": v.cidr_block} for v in backend.vpcs.values()],
         "subnets": [describe_subnet(s) for s in iterate_subnets(backend)],
         "instances": [describe_instance(i) for i in iterate_instances(backend)],
-        "enis": [describe_eni(e) for e in backend.enis.values()],
+        "enis": [describe_eni(e, backend.tags.get(e.id, {})) for e in backend.enis.values()],
         "route_tables": [describe_route_table(t) for t in backend.route_tables.values()],
     }
 
@@ -52,7 +52,7 @@ def eni_addresses(eni: Any) -> list[str]:
     return primary + rest
 
 
-def describe_eni(eni: Any) -> dict[str, Any]:
+def describe_eni(eni: Any, tags: dict[str, str]) -> dict[str, Any]:
     return {
         "id": eni.id,
         "mac": eni.mac_address,
@@ -66,8 +66,7 @@ def describe_eni(eni: Any) -> dict[str, Any]:
         "primary_ip": eni.private_ip_address,
         "ips": eni_addresses(eni),
         "source_dest_check": bool(eni.source_dest_check),
-        "tags": {t["key"]: t["value"] for t in eni.get_tags()} if hasattr(eni, "get_tags")
-        else {},
+        "tags": dict(tags),
     }
 
 
