@@ -9,6 +9,7 @@ import subprocess
 import textwrap
 
 from cloud.emulator import cleanup
+from cloud.emulator.fabric_plan import name_router_link
 from cloud.emulator.harness import Cluster
 
 PYTHON = "/work/main/.venv/bin/python"
@@ -30,29 +31,48 @@ def ping(cluster: Cluster, target, address: str) -> bool:
     return proc.returncode == 0
 
 
-def test_pods_on_two_nodes_reach_each_other_and_stop_leaves_nothing() -> None:
-    with Cluster(nodes=2) as cluster:
+def rx_packets(cluster: Cluster, eni_id: str) -> int:
+    """Packets the VPC router received from this ENI (its link's RX counter)."""
+    out = cluster.exec_in(cluster.fabric.router,
+                          ["ip", "-j", "-s", "link", "show", name_router_link(eni_id)]).stdout
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
+
+
+def test_pods_on_primary_and_secondary_enis_reach_each_other_and_stop_leaves_nothing() -> None:
+    # t3.small: 3 ENIs x 4 addresses, so the fourth pod on a node needs a second ENI
+    with Cluster(nodes=2, instance_type="t3.small") as cluster:
         prefix = cluster.prefix
         for node in cluster.nodes:
             cluster.run_agent(node, AGENT)
         agents = [a.process for a in cluster.agents.values()]
-        a = cluster.add_pod(0, "a")
+        pods = [cluster.add_pod(0, f"a{i}") for i in range(4)]
         b = cluster.add_pod(1, "b")
-        assert a.ip != b.ip
-        assert ping(cluster, a, b.ip) and ping(cluster, b, a.ip)
+        assert len({p.ip for p in pods} | {b.ip}) == 5
 
-        # the packets crossed the VPC router between the two ENIs that hold the addresses
-        router_routes = cluster.exec_in(cluster.fabric.router, ["ip", "route"]).stdout
-        assert f"{a.ip} dev " in router_routes and f"{b.ip} dev " in router_routes
-        assert ping(cluster, a, cluster.nodes[1].primary_ip)
+        status, listed = cluster.agent_get(0, "/v1/pods")
+        assert status == 200
+        eni_of = {p["ip"]: p["eni"] for p in listed}
+        primary = cluster.nodes[0].primary_eni_id
+        on_secondary = [p for p in pods if eni_of[p.ip] != primary]
+        assert on_secondary and len(on_secondary) < len(pods)
+        # the secondary ENI the agent attached is plugged into node 0 with its MAC
+        status, enis = cluster.agent_get(0, "/v1/enis")
+        second = next(e for e in enis if e["id"] == eni_of[on_secondary[0].ip])
+        links = cluster.exec_in(cluster.nodes[0], ["ip", "-o", "link"]).stdout
+        assert f"eth{second['device_index']}@" in links and second["mac"] in links
 
-        status, pods = cluster.agent_get(0, "/v1/pods")
-        assert status == 200 and [p["ip"] for p in pods] == [a.ip], pods
-        cluster.del_pod(a)
-        cluster.del_pod(b)
-        assert not ping(cluster, cluster.nodes[1], a.ip)
-        assert run_prefix_left(prefix)["netns"] == sorted(
-            [f"{prefix}-vpc", f"{prefix}-out"] + [n.netns for n in cluster.nodes])
+        for pod in pods:
+            before = rx_packets(cluster, eni_of[pod.ip])
+            assert ping(cluster, pod, b.ip) and ping(cluster, b, pod.ip)
+            # the request and the reply left node 0 through the ENI that holds the pod's IP
+            assert rx_packets(cluster, eni_of[pod.ip]) >= before + 2
+        assert ping(cluster, pods[0], cluster.nodes[1].primary_ip)
+
+        for pod in pods + [b]:
+            cluster.del_pod(pod)
+        assert not ping(cluster, cluster.nodes[1], pods[0].ip)
+        assert cluster.agent_get(0, "/v1/pods") == (200, [])
+        assert {n for n in run_prefix_left(prefix)["netns"] if "-p" in n} == set()
     assert run_prefix_left(prefix) == {"netns": [], "record": False, "workdir": False}
     assert all(p.poll() is not None for p in agents)
 
