@@ -32,7 +32,8 @@ def build_cloud(config: AgentConfig, metrics: Metrics) -> Cloud:
     from cloud.ec2 import Ec2Cloud
 
     return Ec2Cloud(config.region, endpoint_url=config.cloud_endpoint or None,
-                    read_timeout=config.cloud_timeout, on_call=metrics.on_call)
+                    read_timeout=config.cloud_timeout, retry_attempts=3,
+                    retry_deadline=3 * config.cloud_timeout, on_call=metrics.on_call)
 
 
 class Agent:
@@ -65,15 +66,14 @@ class Agent:
 
     def start(self) -> None:
         self.store = Store(self.config.state_path)
+        self.status = StatusServer(self.config.status_address, self.config.status_port,
+                                   lambda: self.service, self.metrics)
+        self.status.start()
         node = self._resolve_node()
         self.pool = Pool(self.config, self.cloud, self.store, node, wiring=self.wiring,
                          metrics=self.metrics, stop=self.stopping)
         self.service = Service(self.config, self.store, self.pool, self.wiring, self.metrics)
         self.metrics.watch_pool(self.service.pool_summary)
-        if self.config.status_port >= 0:
-            self.status = StatusServer(self.config.status_address, self.config.status_port,
-                                       self.service, self.metrics)
-            self.status.start()
         self.wiring.prepare_host(SnatConfig(node.instance.primary_ip, (), tuple(
             self.config.snat_excluded_cidrs), self.config.snat))
         self.pool.reconcile_until_done()

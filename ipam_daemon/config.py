@@ -75,7 +75,8 @@ class AgentConfig:
     leaked_eni_interval: float = 3600.0
     borrow_wait_seconds: float = 10.0
     subnet_full_backoff: float = 120.0
-    cloud_timeout: float = 10.0
+    cloud_timeout: float = 10.0  # per request; a call with its retries gives up after 3x
+    max_backoff: float = 30.0  # longest pause of the pool loop after throttling or 5xx
     log_level: str = "INFO"
 
     @property
@@ -88,7 +89,7 @@ _INT_KEYS = {"warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_s
              "status_port"}
 _FLOAT_KEYS = {"cooldown_seconds", "pool_interval", "shrink_interval", "reconcile_interval",
                "eni_min_age", "leaked_eni_age", "leaked_eni_interval", "borrow_wait_seconds",
-               "subnet_full_backoff", "cloud_timeout"}
+               "subnet_full_backoff", "cloud_timeout", "max_backoff"}
 _LIST_KEYS = {"subnets", "security_groups", "snat_excluded_cidrs"}
 _BOOL_KEYS = {"snat"}
 _TRUE = {"1", "true", "yes", "on"}

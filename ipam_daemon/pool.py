@@ -36,8 +36,6 @@ from ipam_daemon.wiring import Wiring
 
 logger = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
-
 
 @dataclass(frozen=True)
 class Blocked:
@@ -116,7 +114,7 @@ class Pool:
             except ce.CloudError as exc:
                 logger.warning("startup reconcile failed (%s); retrying in %.1fs", exc, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+                delay = min(delay * 2, self.config.max_backoff)
 
     def reconcile(self) -> None:
         report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.wiring,
@@ -246,8 +244,9 @@ class Pool:
         usable = [s for s in subnets if s.free_addresses >= count + 1]
         if not usable:
             numbers = ", ".join(f"{s.id} ({s.cidr}) has {s.free_addresses} free" for s in subnets)
-            raise ce.SubnetExhausted(f"no subnet can hold a new ENI with {count} addresses:"
-                                     f" {numbers}", code="InsufficientFreeAddressesInSubnet",
+            raise ce.SubnetExhausted(f"a new ENI with {count} secondary addresses needs"
+                                     f" {count + 1} free; {numbers}",
+                                     code="InsufficientFreeAddressesInSubnet",
                                      action="CreateNetworkInterface")
         return max(usable, key=lambda s: s.free_addresses).id
 
@@ -288,14 +287,15 @@ class Pool:
         elif isinstance(exc, ce.PermissionDenied):
             self._set_blocked(Blocked(Code.CLOUD_PERMISSION_DENIED,
                                       f"cloud permission denied for {exc.action}: {exc}"))
-            wait = MAX_BACKOFF
+            wait = self.config.max_backoff
         elif isinstance(exc, ce.RetryableCloudError):
             kind = "throttled" if isinstance(exc, ce.Throttled) else "unavailable"
             self._set_blocked(Blocked(Code.CLOUD_THROTTLED if kind == "throttled" else
                                       Code.TRY_AGAIN_LATER,
                                       f"cloud API {kind} on {exc.action or action.kind.value}:"
                                       f" {exc}"))
-            self._backoff = min(max(self._backoff * 2, self.config.pool_interval), MAX_BACKOFF)
+            self._backoff = min(max(self._backoff * 2, self.config.pool_interval),
+                                self.config.max_backoff)
             wait = self._backoff
         else:
             wait = self.config.pool_interval
@@ -307,8 +307,8 @@ class Pool:
     def _subnet_message(self, exc: ce.CloudError) -> str:
         try:
             subnets = self.subnets.describe(self.node.subnet_ids)
-            numbers = "; ".join(f"{s.id} ({s.cidr}): {s.free_addresses} free addresses"
+            numbers = "; ".join(f"{s.id} ({s.cidr}) has {s.free_addresses} free addresses"
                                 for s in subnets)
         except ce.CloudError:
             numbers = "free addresses unknown (describe failed)"
-        return f"subnet exhausted: {numbers}"
+        return f"subnet exhausted: {numbers} ({exc})"

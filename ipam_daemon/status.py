@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 from ipam_daemon.metrics import CONTENT_TYPE, Metrics
@@ -38,22 +39,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), "application/json")
 
     def do_GET(self) -> None:  # noqa: N802
-        service, metrics = self.server.service, self.server.metrics
+        service, metrics = self.server.service(), self.server.metrics
         path = self.path.split("?", 1)[0]
         try:
             if path == "/healthz":
                 self._json(200, {"ok": True})
             elif path == "/readyz":
-                ready = service.pool.reconciled.is_set()
+                ready = service is not None and service.pool.reconciled.is_set()
                 self._json(200 if ready else 503, {"ready": ready})
+            elif path == "/metrics":
+                self._send(200, metrics.render(), CONTENT_TYPE)
+            elif service is None:
+                self._json(503, {"msg": "agent starting: node not discovered yet"})
             elif path == "/v1/pool":
                 self._json(200, service.pool_summary())
             elif path == "/v1/enis":
                 self._json(200, service.enis_view())
             elif path == "/v1/pods":
                 self._json(200, service.pods_view())
-            elif path == "/metrics":
-                self._send(200, metrics.render(), CONTENT_TYPE)
             else:
                 self._json(404, {"msg": f"no such endpoint: {path}"})
         except Exception as exc:  # noqa: BLE001 - the status page must answer
@@ -64,8 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
 class StatusServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: str, port: int, service: Service, metrics: Metrics) -> None:
-        self.service = service
+    def __init__(self, address: str, port: int, service: Callable[[], Service | None],
+                 metrics: Metrics) -> None:
+        self.service = service  # None until the node is discovered
         self.metrics = metrics
         super().__init__((address, port), _Handler)
         self._thread: threading.Thread | None = None

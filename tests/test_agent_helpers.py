@@ -33,7 +33,8 @@ def fast_config(**overrides) -> dict:
     """Intervals short enough that a test takes seconds."""
     base = dict(datapath="none", warm_ips=3, pool_interval=0.2, shrink_interval=0.2,
                 reconcile_interval=5.0, cooldown_seconds=0.3, eni_min_age=0.0,
-                borrow_wait_seconds=3.0, subnet_full_backoff=1.0, leaked_eni_age=1.0,
+                borrow_wait_seconds=3.0, subnet_full_backoff=1.0, max_backoff=1.0,
+                leaked_eni_age=1.0,
                 leaked_eni_interval=1.0, cloud_timeout=5.0, log_level="INFO")
     base.update(overrides)
     return base
