@@ -37,3 +37,8 @@ bench: setup
 
 chaos: setup
 	$(PY) -m pytest -q tests -m chaos
+
+# The self-contained host CNI executable (PyInstaller onedir) under build/plugin-binary/<hash>/
+.PHONY: plugin-binary
+plugin-binary: setup
+	$(PY) deploy/build_plugin.py --report
