@@ -4,7 +4,6 @@ network namespace. Everything over HTTP with plain boto3; no assertion on wall-c
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess

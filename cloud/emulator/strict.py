@@ -76,6 +76,10 @@ class StrictLayer:
                 self.knobs.counts.count_refusal(request.action, refusal.code)
             logger.info("refused %s: %s %s", request.action, refusal.code, refusal.message)
             return respond(start_response, refusal.status, error_xml(refusal.code, refusal.message))
+        except Exception:  # a bug here must still answer like EC2, not with an HTML page
+            logger.exception("emulator failed on %s", request.action)
+            return respond(start_response, 500, error_xml(
+                "InternalError", f"the emulator failed on {request.action}; see its log"))
 
     def _request_region(self, environ: dict[str, Any]) -> str:
         match = _REGION_IN_AUTH.search(environ.get("HTTP_AUTHORIZATION", ""))
