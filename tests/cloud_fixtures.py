@@ -25,11 +25,12 @@ __all__ = FIXTURES
 
 TIMEOUT_FAULT_SECONDS = 1.5
 NODES_PER_WORLD = 4
-READ_TIMEOUT = 0.5  # below TIMEOUT_FAULT_SECONDS, so an injected "timeout" times out
+READ_TIMEOUT = 10.0  # generous: a loaded machine must not turn slow answers into retries
+SHORT_READ_TIMEOUT = 0.5  # below TIMEOUT_FAULT_SECONDS, so an injected "timeout" times out
 
 
 @functools.cache
-def testing_session() -> boto3.session.Session:
+def session_with_test_keys() -> boto3.session.Session:
     """Explicit test credentials: boto3's chain never reaches the instance metadata
     service (169.254.169.254) from a test. One session, so EC2's service model is loaded
     once."""
@@ -63,20 +64,21 @@ def control(emulator: EmulatedCloud):
         emulator.control.set_buckets({"enabled": False})
 
 
-def make_cloud(emulator: EmulatedCloud, *, attempts: int = 4, on_call=None) -> Ec2Cloud:
+def make_cloud(emulator: EmulatedCloud, *, attempts: int = 4, on_call=None,
+               read_timeout: float = READ_TIMEOUT) -> Ec2Cloud:
     """An adapter whose retry waits are a few milliseconds (a parameter, not a patch)."""
     return Ec2Cloud(
         emulator.region,
         endpoint_url=emulator.endpoint,
         connect_timeout=2.0,
-        read_timeout=READ_TIMEOUT,
+        read_timeout=read_timeout,
         retry_attempts=attempts,
         retry_base_delay=0.002,
         retry_max_delay=0.01,
         retry_deadline=20.0,
         not_found_window=2.0,
         on_call=on_call,
-        session=testing_session(),
+        session=session_with_test_keys(),
     )
 
 

@@ -44,9 +44,10 @@ def test_instance_limits_are_ec2s_numbers_and_cached(cloud, control, calls):
 
 
 def test_unknown_instance_type_is_refused(cloud, control):
-    with pytest.raises((errors.NotFound, errors.InvalidRequest)) as caught:
+    with pytest.raises(errors.InvalidRequest) as caught:
         cloud.instance_limits("m5.gigantic")
-    assert "m5.gigantic" in str(caught.value)
+    assert caught.value.code == "InvalidInstanceType" and "m5.gigantic" in str(caught.value)
+    assert call_count(control, "DescribeInstanceTypes") == 1
 
 
 def test_describe_subnets_counts_free_addresses(cloud, world, add_subnet):

@@ -3,10 +3,15 @@ retried with backoff; when they persist the typed error surfaces after exactly t
 configured number of attempts (counted by the emulator)."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from cloud import errors
-from cloud_fixtures import call_count, make_cloud, refused
+from cloud.ec2 import Ec2Cloud
+from cloud_fixtures import (
+    SHORT_READ_TIMEOUT, call_count, make_cloud, refused, session_with_test_keys,
+)
 from cloud_fixtures import *  # noqa: F401,F403 - the fixtures
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,7 +87,8 @@ def test_a_call_that_hangs_times_out_and_surfaces_as_unavailable(emulator, contr
     """The emulator stalls longer than the adapter's read timeout: every attempt ends at
     the timeout, and the caller gets CloudUnavailable, not a hang."""
     control.set_faults([{"action": "DescribeSubnets", "kind": "timeout", "rate": 1.0}])
-    cloud = make_cloud(emulator, attempts=2, on_call=lambda a, o: calls.append((a, o)))
+    cloud = make_cloud(emulator, attempts=2, on_call=lambda a, o: calls.append((a, o)),
+                       read_timeout=SHORT_READ_TIMEOUT)
     with pytest.raises(errors.CloudUnavailable) as caught:
         cloud.describe_subnets([node.subnet_id])
     assert caught.value.code == "ReadTimeout"
@@ -117,16 +123,12 @@ def test_a_closed_client_makes_no_calls(cloud, control, node):
 
 
 def test_an_unreachable_endpoint_is_unavailable():
-    from cloud.ec2 import Ec2Cloud
-    from cloud_fixtures import testing_session
-    import socket
-
     with socket.socket() as probe:  # a port on loopback that nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     cloud = Ec2Cloud("us-east-1", endpoint_url=f"http://127.0.0.1:{port}", retry_attempts=2,
                      retry_base_delay=0.001, retry_max_delay=0.002, connect_timeout=0.5,
-                     read_timeout=0.5, session=testing_session())
+                     read_timeout=0.5, session=session_with_test_keys())
     with pytest.raises(errors.CloudUnavailable) as caught:
         cloud.describe_eni("eni-0123456789abcdef0")
     assert caught.value.code == "EndpointConnectionError"
