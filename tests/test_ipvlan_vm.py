@@ -66,8 +66,8 @@ def test_ipvlan_datapath_in_vm(tmp_path: Path):
     # Code runs ~15x slower in the VM: no plugin autoload (hypothesis' plugin alone costs
     # ~15 s of imports there), only the timeout plugin.
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           "-p", "pytest_timeout", "--color=no", "-o", "addopts=", "-o", "timeout=300", f"--junitxml={junit}",
-           IN_VM_TESTS]
+           "-p", "pytest_timeout", "--color=no", "-o", "addopts=", "-o", "timeout=300",
+           f"--junitxml={junit}", IN_VM_TESTS]
     run = run_vm(cmd, timeout=VM_TIMEOUT, share=share, cwd=str(REPO),
                  env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
     print(f"\nipvlan VM: boot {run.boot_seconds:.1f}s, whole run {run.total_seconds:.1f}s, "
