@@ -8,9 +8,11 @@ import signal
 import subprocess
 import textwrap
 
+import pytest
+
 from cloud.emulator import cleanup
 from cloud.emulator.fabric_plan import name_router_link
-from cloud.emulator.harness import Cluster
+from cloud.emulator.harness import Cluster, HarnessError
 
 PYTHON = "/work/main/.venv/bin/python"
 # TODO(agent): SNAT on fails at start-up today ("snat vpc_cidrs is empty"): the agent passes
@@ -48,6 +50,15 @@ def test_pods_on_primary_and_secondary_enis_reach_each_other_and_stop_leaves_not
         pods = [cluster.add_pod(0, f"a{i}") for i in range(4)]
         b = cluster.add_pod(1, "b")
         assert len({p.ip for p in pods} | {b.ip}) == 5
+        # bad input is refused by name and changes nothing
+        netns_before = run_prefix_left(prefix)["netns"]
+        with pytest.raises(ValueError, match="pod name 'Bad_Name'"):
+            cluster.add_pod(0, "Bad_Name")
+        with pytest.raises(HarnessError, match="pod default/b already exists"):
+            cluster.add_pod(0, "b")
+        with pytest.raises(ValueError, match="not part of cluster"):
+            cluster.exec_in("someone-else", ["true"])
+        assert run_prefix_left(prefix)["netns"] == netns_before
 
         status, listed = cluster.agent_get(0, "/v1/pods")
         assert status == 200
@@ -77,10 +88,15 @@ def test_pods_on_primary_and_secondary_enis_reach_each_other_and_stop_leaves_not
     assert all(p.poll() is not None for p in agents)
 
 
+def test_a_cluster_of_no_nodes_is_refused_before_anything_exists() -> None:
+    with pytest.raises(ValueError, match="at least one node, got nodes=0"):
+        Cluster(nodes=0)
+
+
 # The harness with an agent and a pod, killed with SIGKILL mid-run.
 CRASHING_HARNESS = textwrap.dedent("""
     import json, sys, time
-    from cloud.emulator.harness import Cluster
+    from cloud.emulator.harness import Cluster, HarnessError
     cluster = Cluster(nodes=1).start()
     agent = cluster.run_agent(0, {"snat": False})
     pod = cluster.add_pod(0, "crash")

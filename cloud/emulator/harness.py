@@ -28,6 +28,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,8 @@ class Cluster:
         self.agents: dict[str, Agent] = {}
         self.pods: dict[tuple[str, str], Pod] = {}
         self._endpoints: dict[str, str] = {}
+        self._pods_lock = threading.Lock()
+        self._adding: set[tuple[str, str]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Cluster:
@@ -151,12 +154,15 @@ class Cluster:
                                      **self._world_args)
             self.fabric = Fabric(self.cloud, record=self.record, vpc_id=self.world.vpc_id)
             self.fabric.start()
+            template = json.loads(Path(self.conflist).read_text())
             for index, inst in enumerate(self.world.instances):
                 node = Node(index, inst.name, inst.instance_id, inst.primary_ip,
                             inst.primary_eni_id, inst.subnet_id,
                             self.fabric.node_netns(inst.instance_id),
                             self.workdir / f"n{index}")
                 node.workdir.mkdir(mode=0o700)
+                template["plugins"][0]["socket"] = node.socket_path
+                (node.workdir / "10-underlay.conflist").write_text(json.dumps(template, indent=1))
                 self._endpoints[node.name] = self.cloud.listen_in_netns(
                     self.fabric.netns_path(node.netns))
                 self.nodes.append(node)
@@ -287,13 +293,24 @@ class Cluster:
                 ifname: str = "eth0") -> Pod:
         """A pod sandbox (a namespace) wired by ``libcni add`` run on the node."""
         node = self.node(node_ref)
-        if not _POD_NAME.match(name):
-            raise ValueError(f"pod name {name!r}: 1-32 lowercase letters, digits or '-'")
-        if (namespace, name) in self.pods:
-            raise HarnessError(f"pod {namespace}/{name} already exists")
+        for what, value in (("pod name", name), ("pod namespace", namespace)):
+            if not _POD_NAME.match(value):
+                raise ValueError(f"{what} {value!r}: 1-32 lowercase letters, digits or '-'")
+        with self._pods_lock:  # add_pod/del_pod may run from many threads (churn tests)
+            if (namespace, name) in self.pods or (namespace, name) in self._adding:
+                raise HarnessError(f"pod {namespace}/{name} already exists")
+            self._adding.add((namespace, name))
+        try:
+            return self._add_pod(node, name, namespace, ifname)
+        finally:
+            with self._pods_lock:
+                self._adding.discard((namespace, name))
+
+    def _add_pod(self, node: Node, name: str, namespace: str, ifname: str) -> Pod:
         assert self.record is not None
-        netns = f"{self.prefix}-p{name}"
-        container_id = f"{self.prefix}{name}".ljust(16, "0")
+        sandbox = name if namespace == "default" else f"{namespace}.{name}"
+        netns = f"{self.prefix}-p{sandbox}"
+        container_id = f"{self.prefix}-{sandbox}"
         self.record.add_netns(netns)
         _run(["ip", "netns", "add", netns])
         try:
@@ -306,7 +323,8 @@ class Cluster:
             self._try(_run, ["ip", "netns", "delete", netns])
             raise
         pod = Pod(name, namespace, node, container_id, netns, ifname, ip, result)
-        self.pods[(namespace, name)] = pod
+        with self._pods_lock:
+            self.pods[(namespace, name)] = pod
         logger.info("pod %s/%s on %s: %s", namespace, name, node.name, ip)
         return pod
 
@@ -316,7 +334,8 @@ class Cluster:
                      pod.namespace, pod.name)
         if (cleanup.NETNS_DIR / pod.netns).exists():
             _run(["ip", "netns", "delete", pod.netns])
-        self.pods.pop((pod.namespace, pod.name), None)
+        with self._pods_lock:
+            self.pods.pop((pod.namespace, pod.name), None)
 
     def _libcni(self, node: Node, command: str, netns: str, container_id: str, ifname: str,
                 namespace: str, name: str) -> str:
@@ -337,12 +356,7 @@ class Cluster:
 
     def conflist_for(self, node: Node) -> str:
         """The node's conflist: the shared one with the node's agent socket."""
-        path = node.workdir / "10-underlay.conflist"
-        if not path.exists():
-            body = json.loads(Path(self.conflist).read_text())
-            body["plugins"][0]["socket"] = node.socket_path
-            path.write_text(json.dumps(body, indent=1))
-        return str(path)
+        return str(node.workdir / "10-underlay.conflist")
 
     # -- commands ------------------------------------------------------------------------
     def exec_in(self, target: Node | Pod | str, cmd: Sequence[str], *, check: bool = True,
