@@ -3,6 +3,10 @@ threaded WSGI server in background threads of this process.
 
 Each emulator uses its own random moto account id, so several emulators in one process do
 not see each other's state; ``stop()`` drops that account's EC2 state.
+
+Only moto's EC2 app is mounted (no ``/moto-api``, no other services), and moto makes no
+outbound calls in this mode: nothing leaves the machine. Clients use any credentials
+(tests use "testing"); the emulator never checks or logs them.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 CLONE_NEWNET = 0x40000000
 LISTEN_BACKLOG = 128
+IDLE_CONNECTION_TIMEOUT = 300.0
 
 
 def _create_backend_app() -> Any:
@@ -36,6 +41,8 @@ def _create_backend_app() -> Any:
 
 def _quiet_handler(base: type) -> type:
     class QuietHandler(base):  # type: ignore[misc, valid-type]
+        timeout = IDLE_CONNECTION_TIMEOUT  # a silent client cannot hold a thread forever
+
         def log_request(self, code: Any = "-", size: Any = "-") -> None:
             logger.debug("%s %s", self.requestline, code)
 
