@@ -172,3 +172,27 @@ def test_check_and_gc(emulator, control, start_agent):
     assert status == 200
     assert sorted(r["containerID"] for r in reply["released"]) == ["a", "c"]
     assert [p["container_id"] for p in agent.client.get("/v1/pods")[1]] == ["b"]
+
+
+def test_status_cli_prints_the_pool(emulator, control, start_agent):
+    import subprocess
+    import sys
+
+    world = make_world(emulator)
+    agent = start_agent(world, warm_ips=2)
+    agent.attach("a")
+    wait_for(lambda: agent.pool()["available"] == 2, 10, "warm pool")
+    for source in (["--socket", agent.config["socket_path"]],
+                   ["--endpoint", f"http://127.0.0.1:{agent.status_port}"]):
+        out = subprocess.run([sys.executable, "-m", "ipam_daemon.cli", *source],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].startswith("capacity 27  held 3  assigned 1  warm 2  cooling 0")
+        assert lines[1].split() == ["ENI", "DEV", "SUBNET", "CAP", "FREE", "ASSIGNED", "COOLING"]
+        assert lines[2].split() == [world.instances[0].primary_eni_id, "*", "0",
+                                    world.subnet_ids[0], "9", "2", "1", "0"]
+    out = subprocess.run([sys.executable, "-m", "ipam_daemon.cli", "--socket",
+                          agent.config["socket_path"] + ".missing"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "cannot read the pool" in out.stderr
