@@ -90,20 +90,21 @@ COMMANDS: dict[str, Callable[[Request], dict[str, Any] | None]] = {
 
 
 class AgentDown(CniError):
-    """The agent could not be reached or gave no valid answer."""
+    """Nothing listens on the agent socket: the request never reached the agent."""
 
 
 def ask_agent(req: Request, method: str, path: str, body: dict | None,
               down_code: int) -> dict[str, Any]:
-    """One call to the agent; its error replies become ``CniError`` with its code."""
+    """One call to the agent. Its error replies become ``CniError`` with the agent's code;
+    no agent -> ``AgentDown(down_code)``; an agent that took the request but gave no valid
+    answer (timeout, closed connection) -> ``CniError(down_code)``: DEL must not pretend
+    success then, the agent may be half-way through it."""
     try:
         status, reply = call_agent(req.socket, method, path, body, req.timeout)
     except AgentUnreachable as exc:
         raise AgentDown(down_code, f"agent unreachable: {exc}") from None
     except AgentError as exc:
-        if req.command == "DEL":  # it got the request but no answer came: do not pretend
-            raise CniError(down_code, str(exc)) from None
-        raise AgentDown(down_code, str(exc)) from None
+        raise CniError(down_code, str(exc)) from None
     if status >= 400:
         code = reply.get("code")
         if not isinstance(code, int) or isinstance(code, bool):

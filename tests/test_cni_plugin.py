@@ -241,3 +241,16 @@ def test_agent_that_never_answers_times_out(cni_bin_dir, short_tmp, make_netns):
         assert proc.returncode != 0 and err["code"] == 11 and "did not answer" in err["msg"]
     finally:
         hung.close()
+
+
+def test_agent_closing_without_an_answer(cni_bin_dir, socket_recorder, make_netns):
+    """Something accepts and reads the request, then hangs up: ADD is 11 naming it, and
+    DEL is an error too (the request did arrive)."""
+    pod = make_netns("h4cls")
+    stdin = json.dumps(conf(socket_recorder.path))
+    proc = run_plugin(cni_bin_dir, {**ADD_ENV, "CNI_NETNS": f"/run/netns/{pod}"}, stdin)
+    err = _error(proc)
+    assert err["code"] == 11 and "not HTTP" in err["msg"], err
+    assert socket_recorder.connections[0].startswith(b"POST /v1/attach HTTP/1.1\r\n")
+    proc = run_plugin(cni_bin_dir, DEL_ENV, stdin)
+    assert proc.returncode != 0 and _error(proc)["code"] == 11
