@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"underlay-cloud: {exc}", file=sys.stderr)
         return 2
-    cloud = EmulatedCloud.start(port=args.port, region=args.region, settings=settings)
+    try:
+        cloud = EmulatedCloud.start(port=args.port, region=args.region, settings=settings)
+    except (OSError, ValueError) as exc:
+        print(f"underlay-cloud: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 2
     try:
         world = build_world(cloud.endpoint, region=args.region, nodes=args.nodes,
                             instance_type=args.instance_type, vpc_cidr=args.vpc_cidr,
