@@ -19,6 +19,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from cloud.ec2_errors import outcome_of, translate_error
 from cloud.ec2_parse import (
@@ -29,6 +30,7 @@ from cloud.ec2_parse import (
     parse_subnet,
 )
 from cloud.errors import CloudError, InvalidRequest, NotFound
+from cloud.leaks import select_leaked_enis
 from cloud.retry import RetryPolicy, run_with_retries
 from cloud.validate import require_cidr, require_count, require_id, require_ids, require_ipv4
 from cloud.types import (
@@ -110,7 +112,7 @@ class Ec2Cloud:
         def attempt() -> Any:
             try:
                 response = method(**params)
-            except Exception as exc:  # noqa: BLE001 - translated right here, in one place
+            except (ClientError, BotoCoreError) as exc:  # translated here, in one place
                 error = translate_error(exc, action)
                 self._report(action, outcome_of(error))
                 raise error from None
@@ -353,17 +355,12 @@ class Ec2Cloud:
             },
             "NetworkInterfaces",
         )
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_seconds)
-        leaked = []
-        for eni in map(parse_eni, docs):
-            # Check again locally: never act on a filter we did not verify.
-            created = eni.created_at
-            if eni.tag(TAG_CLUSTER) != cluster or eni.status != "available":
-                continue
-            if created is None or created.tzinfo is None or created > cutoff:
-                continue
-            leaked.append(eni)
-        return sorted(leaked, key=lambda e: e.id)
+        return select_leaked_enis(
+            map(parse_eni, docs),
+            cluster,
+            timedelta(seconds=older_than_seconds),
+            datetime.now(timezone.utc),
+        )
 
     def set_source_dest_check(self, eni_id: EniId, enabled: bool) -> None:
         require_id(eni_id, "eni-", "ENI id", "ModifyNetworkInterfaceAttribute")

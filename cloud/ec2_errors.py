@@ -28,6 +28,7 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    ParamValidationError,
     PartialCredentialsError,
     ReadTimeoutError,
 )
@@ -108,6 +109,12 @@ def translate_error(exc: BaseException, action: str) -> CloudError:
             f"ec2:{action} refused: no usable AWS credentials were found by boto3's "
             f"credential chain ({type(exc).__name__})",
             code="NoCredentials",
+            action=action,
+        )
+    if isinstance(exc, ParamValidationError):
+        return InvalidRequest(
+            f"{action} not sent: botocore refused the parameters ({exc})",
+            code="ParamValidationError",
             action=action,
         )
     if isinstance(exc, BotoCoreError):

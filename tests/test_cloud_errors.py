@@ -11,6 +11,7 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    ParamValidationError,
     ReadTimeoutError,
 )
 from botocore.parsers import create_parser
@@ -114,6 +115,13 @@ def test_missing_credentials_are_permission_denied_without_secrets():
     error = translate_error(NoCredentialsError(), "DescribeInstances")
     assert isinstance(error, errors.PermissionDenied)
     assert "ec2:DescribeInstances" in str(error) and "credential" in str(error)
+
+
+def test_refused_parameters_are_invalid_not_retryable():
+    error = translate_error(ParamValidationError(report="Invalid type for DeviceIndex"),
+                            "AttachNetworkInterface")
+    assert isinstance(error, errors.InvalidRequest) and not error.retryable
+    assert "AttachNetworkInterface" in str(error) and "DeviceIndex" in str(error)
 
 
 def test_retries_stop_after_the_attempt_budget_and_surface_the_typed_error():

@@ -3,11 +3,13 @@ and older than the threshold; never untagged, foreign, attached or young ones.""
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from cloud import errors
-from cloud.types import TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE
+from cloud.leaks import select_leaked_enis
+from cloud.types import TAG_CLUSTER, TAG_CREATED_AT, TAG_NODE, Eni
 from cloud_fixtures import call_count
 from cloud_fixtures import *  # noqa: F401,F403 - the fixtures
 
@@ -64,3 +66,34 @@ def test_leaked_listing_refuses_bad_input(cloud, control):
     with pytest.raises(errors.InvalidRequest, match="older_than_seconds"):
         cloud.list_leaked_enis("c", older_than_seconds=-1)
     assert call_count(control, "DescribeNetworkInterfaces") == 0
+
+
+def eni(eni_id: str, status: str = "available", **tags: str) -> Eni:
+    return Eni(id=eni_id, mac="02:00:00:00:00:01", subnet_id="subnet-1", vpc_id="vpc-1",
+               primary_ip="10.0.0.9", secondary_ips=(), status=status,
+               tags=tuple(sorted(tags.items())))
+
+
+def test_selection_is_decided_by_tags_state_and_age_only():
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    five_min = timedelta(minutes=5)
+
+    def ours(eni_id, created, status="available"):
+        return eni(eni_id, status, **{TAG_CLUSTER: "c1", TAG_CREATED_AT: created})
+
+    candidates = [
+        ours("eni-old", "2026-01-01T11:54:59+00:00"),
+        ours("eni-edge", "2026-01-01T11:55:00+00:00"),   # exactly the threshold: counts
+        ours("eni-young", "2026-01-01T11:55:01+00:00"),
+        ours("eni-future", "2027-01-01T00:00:00+00:00"),  # a skewed clock: never
+        ours("eni-other-offset", "2026-01-01T13:54:00+02:00"),  # 11:54 UTC
+        ours("eni-in-use", "2020-01-01T00:00:00+00:00", status="in-use"),
+        ours("eni-naive", "2020-01-01T00:00:00"),
+        eni("eni-foreign", **{TAG_CLUSTER: "c2", TAG_CREATED_AT: "2020-01-01T00:00:00+00:00"}),
+        eni("eni-prefix", **{TAG_CLUSTER: "c1-x", TAG_CREATED_AT: "2020-01-01T00:00:00Z"}),
+        eni("eni-untagged"),
+    ]
+    chosen = [e.id for e in select_leaked_enis(candidates, "c1", five_min, now)]
+    assert chosen == ["eni-edge", "eni-old", "eni-other-offset"]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        select_leaked_enis(candidates, "c1", five_min, now.replace(tzinfo=None))
