@@ -74,8 +74,7 @@ class Agent:
                          metrics=self.metrics, stop=self.stopping)
         self.service = Service(self.config, self.store, self.pool, self.wiring, self.metrics)
         self.metrics.watch_pool(self.service.pool_summary)
-        self.wiring.prepare_host(SnatConfig(node.instance.primary_ip, (), tuple(
-            self.config.snat_excluded_cidrs), self.config.snat))
+        self.wiring.prepare_host(self._snat_config(node))
         self.pool.reconcile_until_done()
         if self.stopping.is_set():
             return
@@ -84,6 +83,17 @@ class Agent:
         self.socket.start()
         logger.info("agent ready: node %s, instance %s, datapath %s", node.name,
                     node.instance.id, self.config.datapath)
+
+    def _snat_config(self, node: Node) -> SnatConfig | None:
+        if not self.config.snat:
+            return SnatConfig(node.instance.primary_ip, ("0.0.0.0/0",), (), enabled=False)
+        if not self.config.vpc_cidrs:
+            if not self.config.ipam_only:
+                logger.warning("snat is on but vpc_cidrs is empty: SNAT is NOT installed (set"
+                               " vpc_cidrs to the VPC's CIDR blocks)")
+            return None
+        return SnatConfig(node.instance.primary_ip, self.config.vpc_cidrs,
+                          self.config.snat_excluded_cidrs, True)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -63,6 +63,7 @@ class AgentConfig:
     mtu: int = 9001
     snat: bool = True
     snat_excluded_cidrs: tuple[str, ...] = ()
+    vpc_cidrs: tuple[str, ...] = ()  # SNAT leaves these alone; empty: SNAT is not installed
     socket_path: str = "/run/underlay/agent.sock"
     state_path: str = "/var/lib/underlay/ipam.db"
     status_address: str = "127.0.0.1"
@@ -90,7 +91,7 @@ _INT_KEYS = {"warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_s
 _FLOAT_KEYS = {"cooldown_seconds", "pool_interval", "shrink_interval", "reconcile_interval",
                "eni_min_age", "leaked_eni_age", "leaked_eni_interval", "borrow_wait_seconds",
                "subnet_full_backoff", "cloud_timeout", "max_backoff"}
-_LIST_KEYS = {"subnets", "security_groups", "snat_excluded_cidrs"}
+_LIST_KEYS = {"subnets", "security_groups", "snat_excluded_cidrs", "vpc_cidrs"}
 _BOOL_KEYS = {"snat"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -193,11 +194,12 @@ def validate_config(c: AgentConfig) -> None:
     _require(bool(c.state_path), "state_path", c.state_path, "must be a path")
     _require(c.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
              c.log_level, "must be DEBUG, INFO, WARNING or ERROR")
-    for cidr in c.snat_excluded_cidrs:
-        try:
-            ipaddress.ip_network(cidr)
-        except ValueError:
-            raise ConfigError(f"snat_excluded_cidrs: {cidr!r} is not a CIDR") from None
+    for key in ("snat_excluded_cidrs", "vpc_cidrs"):
+        for cidr in getattr(c, key):
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError:
+                raise ConfigError(f"{key}: {cidr!r} is not a CIDR") from None
     for sub in c.subnets:
         _require(sub.startswith("subnet-"), "subnets", sub, "expected a subnet id (subnet-...)")
     for sg in c.security_groups:

@@ -69,6 +69,9 @@ class Service:
             raise CniError(Code.INVALID_CONFIG, f"mode {call.mode!r} requested but this agent"
                            f" runs the {self.config.datapath} datapath")
         started = self._monotonic()
+        stale = self.store.get_allocation(call.key)
+        if stale is not None and stale.lost:  # its address is gone from the cloud: start over
+            self.release_allocation(stale, reason="re-attach of a lost address")
         try:
             allocation = self.borrow(call.key, call.pod)
         except CniError as exc:

@@ -45,13 +45,13 @@ class NoWiring:
 
 
 class KernelWiring:
-    """veth or ipvlan through ``cni.datapath``; the functions are looked up in the mode's
-    module first (``cni.datapath.veth``), then in the shared ones."""
+    """veth or ipvlan through ``cni.datapath``; the functions are looked up in the pod
+    dispatcher (``cni.datapath.pods``), the mode's module, then the shared ones."""
 
     def __init__(self, mode: Mode) -> None:
         self.mode = mode
-        self._modules = [f"cni.datapath.{mode.value}", "cni.datapath.eni", "cni.datapath.snat",
-                         "cni.datapath"]
+        self._modules = ["cni.datapath.pods", f"cni.datapath.{mode.value}", "cni.datapath.eni",
+                         "cni.datapath.snat", "cni.datapath"]
         self._snat = False
 
     def _function(self, name: str) -> Any:
@@ -67,9 +67,9 @@ class KernelWiring:
 
     def prepare_host(self, snat: SnatConfig | None) -> None:
         self._function("ensure_host_sysctls")()
-        if snat is not None and snat.enabled:
-            self._function("ensure_snat")(snat)
-            self._snat = True
+        if snat is not None:
+            self._function("ensure_snat")(snat)  # enabled=False removes ours
+            self._snat = snat.enabled
 
     def ensure_eni(self, eni: EniLink) -> None:
         name = self._function("ensure_eni")(eni)
