@@ -198,7 +198,11 @@ def setup_pod_ipvlan(pod: PodSpec) -> WiredPod:
                 undo.callback(_ignore_gone, ns.link, "del", index=pod_index)
                 step = f"adding the host route {pod_route}"
                 # a route already there is not ours to undo (another pod's, or a leftover)
-                if not _routes_to(ipr, str(address.ip), 32):
+                existing = _routes_to(ipr, str(address.ip), 32)
+                if any(r.get_attr("RTA_OIF") != host_index for r in existing):
+                    raise DatapathError(f"the node already routes {pod_route} elsewhere "
+                                        "(another pod, or a veth-mode leftover)")
+                if not existing:
                     ipr.route("add", dst=pod_route, oif=host_index, scope=SCOPE_LINK)
                     undo.callback(_ignore_gone, ipr.route, "del", dst=pod_route,
                                   oif=host_index, scope=SCOPE_LINK)

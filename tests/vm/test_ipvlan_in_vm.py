@@ -167,6 +167,14 @@ def test_failed_setup_rolls_back(lab: Lab):
         sh("ip", "-n", lab.node, "addr", "del", "10.0.1.7/32", "dev", "ipvl1")
     assert "10.0.1.7" not in node_routes_on(lab, "ipvl1")
     assert "ipvlan" not in in_ns(lab.pods["c"], "ip", "-d", "-o", "link").stdout
+    # an address the node already routes elsewhere is refused before anything is made
+    sh("ip", "-n", lab.node, "route", "add", "10.0.1.8/32", "dev", "eth0")
+    try:
+        with pytest.raises(DatapathError, match="already routes 10.0.1.8/32 elsewhere"):
+            lab.on_node(setup_pod_ipvlan, lab.pod("c", "10.0.1.8"))
+    finally:
+        sh("ip", "-n", lab.node, "route", "del", "10.0.1.8/32", "dev", "eth0")
+    assert "ipvlan" not in in_ns(lab.pods["c"], "ip", "-d", "-o", "link").stdout
     # a second ADD for a wired pod is refused without harming it
     with pytest.raises(DatapathError, match="already exists"):
         lab.on_node(setup_pod_ipvlan, lab.pod("b", "10.0.1.6"))
