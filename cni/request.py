@@ -240,7 +240,7 @@ def _get(conf: dict[str, Any], key: str, kind, default: Any = ...) -> Any:
     value = conf[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        names = " or ".join(dict.fromkeys(_type_name(k()) for k in kinds))
+        names = "number" if float in kinds else _type_name(kind())
         raise CniError(Code.INVALID_CONFIG, f"{key} must be {_a(names)}, got "
                        f"{_a(_type_name(value))} ({value!r:.40})")
     return value
@@ -251,5 +251,5 @@ def _a(noun: str) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", int: "number", float: "number",
+    return {dict: "object", list: "list", str: "string", int: "integer", float: "number",
             bool: "boolean", type(None): "null"}.get(type(value), type(value).__name__)
