@@ -116,8 +116,7 @@ def test_attach_sets_delete_on_termination_and_list_is_sorted(cloud, world, node
     assert cloud.describe_eni(second.id).attachment_id == attachment
 
 
-def test_attach_asks_for_delete_on_termination(cloud, world, node, control):
-    # moto does not store Attachment.DeleteOnTermination, so check what goes on the wire
+def test_attach_sets_delete_on_termination(cloud, world, node, control, setup_client):
     sent = []
     cloud._client.meta.events.register(
         "provide-client-params.ec2.ModifyNetworkInterfaceAttribute",
@@ -128,6 +127,8 @@ def test_attach_asks_for_delete_on_termination(cloud, world, node, control):
     assert sent == [{"NetworkInterfaceId": eni.id,
                      "Attachment": {"AttachmentId": attachment, "DeleteOnTermination": True}}]
     assert call_count(control, "ModifyNetworkInterfaceAttribute") == 1
+    raw = setup_client.describe_network_interfaces(NetworkInterfaceIds=[eni.id])
+    assert raw["NetworkInterfaces"][0]["Attachment"]["DeleteOnTermination"] is True
 
 
 def test_list_enis_of_another_instance_is_separate(cloud, world, free_nodes):
