@@ -49,8 +49,7 @@ def render_conflist(opts: ConflistOptions) -> dict[str, Any]:
         {"type": PLUGIN_TYPE, "socket": opts.socket, "mode": opts.mode, "mtu": opts.mtu},
     ]
     if opts.portmap:
-        plugins.append({"type": "portmap", "capabilities": {"portMappings": True},
-                        "snat": True})
+        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
     if opts.bandwidth:
         plugins.append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
     if opts.tuning_sysctls:
