@@ -196,3 +196,36 @@ def test_status_cli_prints_the_pool(emulator, control, start_agent):
                           agent.config["socket_path"] + ".missing"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "cannot read the pool" in out.stderr
+
+
+def test_startup_adopts_ours_ignores_foreign_and_sweeps_leaked(emulator, control, start_agent):
+    from cloud import errors as ce
+    from cloud.provision import provision_eni
+
+    world = make_world(emulator)
+    cloud = cloud_client(emulator)
+    inst = cloud.describe_instance(world.instances[0].instance_id)
+    limits = cloud.instance_limits(inst.instance_type)
+    ours = provision_eni(cloud, inst, limits, inst.subnet_id, inst.security_groups, 3,
+                         world.cluster, world.instances[0].name)
+    foreign = cloud.create_eni(inst.subnet_id, inst.security_groups, 1, cluster="other",
+                               node="x")
+    cloud.attach_eni(foreign.id, inst.id, 2)
+    leaked = cloud.create_eni(inst.subnet_id, inst.security_groups, 1, cluster=world.cluster,
+                              node="gone")
+    agent = start_agent(world, warm_ips=2, leaked_eni_age=0.5)
+    enis = {e["id"]: e for e in agent.client.get("/v1/enis")[1]}
+    assert set(enis) == {inst.primary_eni_id, ours.id}  # adopted before serving
+    adopted = {a["ip"] for a in enis[ours.id]["addresses"]}
+    assert adopted and adopted <= set(ours.secondary_ips)  # its addresses joined the pool
+
+    def leaked_gone():
+        try:
+            cloud.describe_eni(leaked.id)
+        except ce.NotFound:
+            return True
+        return False
+
+    wait_for(leaked_gone, 10, "the leaked ENI to be deleted")
+    assert cloud.describe_eni(foreign.id).instance_id == inst.id  # never touched
+    assert foreign.id not in {e["id"] for e in agent.client.get("/v1/enis")[1]}
