@@ -67,8 +67,13 @@ def _pyinstaller_version() -> str:
 
 
 def build_plugin(out: Path = DEFAULT_OUT) -> Path:
-    """Return ``<out>/<hash>/underlay`` (the bundle dir), building it when missing."""
-    final = out / source_hash() / "underlay"
+    """Return ``<out>/<hash>/underlay`` (the bundle dir), building it when missing.
+
+    The bundle holds the executable ``underlay`` and its contents directory
+    ``underlay.<hash>``: a name per build, so the installer can put a new version beside
+    the old one and switch by renaming the executable alone (no half-upgraded bundle)."""
+    digest = source_hash()
+    final = out / digest / "underlay"
     if (final / "underlay").is_file():
         return final
     out.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,7 @@ def build_plugin(out: Path = DEFAULT_OUT) -> Path:
     try:
         cmd = [sys.executable, "-m", "PyInstaller", "--onedir", "--noconfirm", "--clean", "--strip",
                "--log-level", "WARN", "--name", "underlay", "--paths", str(REPO),
+               "--contents-directory", f"underlay.{digest}",
                "--distpath", str(work / "dist"), "--workpath", str(work / "work"),
                "--specpath", str(work)]
         for name in EXCLUDES:

@@ -1,0 +1,380 @@
+"""``underlay-install``: put the CNI executable and the conflist on the host, or take them off.
+
+    underlay-install install   [--host-root /host] [--plugin-source DIR|FILE]
+                               [--conflist-template FILE] [--skip-conflist | --conflist-only]
+                               [--agent-socket PATH] [--wait-seconds N] [--stay]
+    underlay-install uninstall [--host-root /host]
+
+``install`` copies the executable into ``<host-root>/opt/cni/bin`` and writes the conflist
+into ``<host-root>/etc/cni/net.d``, each atomically (temp file in the same directory, fsync,
+rename, fsync of the directory). The conflist is written only once the agent answers
+``GET /v1/status`` with ``ready``: the kubelet keeps the node NotReady until a conflist
+exists, so no pod is scheduled before the agent can serve it. A wait longer than
+``--wait-seconds`` fails with a message naming the socket and the agent's last answer, and
+writes nothing. Re-running changes nothing when the content is the same (mtime kept).
+
+The plugin source is either one file (a launcher) or a PyInstaller onedir bundle: a
+directory holding the executable ``underlay`` and its contents directory
+``underlay.<hash>``. A new bundle's contents directory goes in beside the old one first, then
+the executable is renamed over the old one, then the old contents directory is removed:
+at every instant ``/opt/cni/bin/underlay`` starts completely, old or new.
+
+Everything written, and every directory created, is recorded in
+``<host-root>/var/lib/underlay/installed.json``; ``uninstall`` removes exactly those (a file
+whose content someone else changed since is left alone and named in the log), then the
+directories it created if they are empty, so the host is as before.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cni.spec import DEFAULT_SOCKET, PLUGIN_TYPE
+from ipam_daemon.client import AgentClient
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+PLUGIN_NAME = PLUGIN_TYPE
+
+
+class InstallError(RuntimeError):
+    """Installation cannot proceed; the message names the path or the cause."""
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    root: Path
+    bin_dir: str = "/opt/cni/bin"
+    netd_dir: str = "/etc/cni/net.d"
+    conflist_name: str = "10-underlay.conflist"
+    manifest: str = "/var/lib/underlay/installed.json"
+
+    def on_host(self, host_path: str) -> Path:
+        """``/opt/cni/bin`` -> ``<root>/opt/cni/bin``; refuses paths that leave the root."""
+        if not host_path.startswith("/"):
+            raise InstallError(f"host path {host_path!r} must be absolute")
+        path = Path(os.path.normpath(str(self.root).rstrip("/") + host_path))
+        if self.root != path and self.root not in path.parents:
+            raise InstallError(f"host path {host_path!r} leaves the host root {self.root}")
+        return path
+
+
+# ---- atomic writes ----------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int) -> bool:
+    """Write ``data`` to ``path`` (temp + fsync + rename); False when it was already so."""
+    try:
+        st = path.stat()
+        if (st.st_mode & 0o7777) == mode and st.st_size == len(data) \
+                and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # not subject to the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return True
+
+
+def tree_digest(root: Path) -> str:
+    """One hash over every file's relative path, mode and content."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(oct(path.stat().st_mode & 0o777).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def copy_tree_atomic(src: Path, dst: Path) -> bool:
+    """Copy directory ``src`` to ``dst`` (fsynced temp dir + rename); False when equal."""
+    if dst.is_dir() and tree_digest(dst) == tree_digest(src):
+        return False
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp, symlinks=True)
+        for path in tmp.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        if dst.exists():  # a damaged copy of the same version: move it aside first
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.rename(dst, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(dst.parent)
+    return True
+
+
+def make_dirs(paths: HostPaths, host_dir: str, created: list[str]) -> Path:
+    """Create ``host_dir`` under the root, recording each directory this call made."""
+    missing = []
+    probe = host_dir
+    while probe != "/" and not paths.on_host(probe).exists():
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    for host in reversed(missing):
+        paths.on_host(host).mkdir(mode=0o755)
+        created.append(host)
+    return paths.on_host(host_dir)
+
+
+# ---- the manifest -----------------------------------------------------------------------
+
+def read_manifest(paths: HostPaths) -> dict:
+    path = paths.on_host(paths.manifest)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"version": MANIFEST_VERSION, "files": {}, "trees": {}, "created_dirs": []}
+    except (OSError, ValueError) as exc:
+        raise InstallError(f"manifest {path} is unreadable: {exc}") from None
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+        raise InstallError(f"manifest {path}: unknown format (version {data.get('version')!r})")
+    return data
+
+
+def write_manifest(paths: HostPaths, manifest: dict) -> None:
+    manifest_dir = make_dirs(paths, os.path.dirname(paths.manifest), manifest["created_dirs"])
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    write_file_atomic(manifest_dir / os.path.basename(paths.manifest), data, 0o644)
+
+
+# ---- install ----------------------------------------------------------------------------
+
+def check_plugin_source(source: Path) -> tuple[Path, Path | None]:
+    """(executable, contents dir or None) of a launcher file or a onedir bundle."""
+    if source.is_file():
+        return source, None
+    exe = source / PLUGIN_NAME
+    contents = sorted(p for p in source.glob(f"{PLUGIN_NAME}.*") if p.is_dir())
+    if not exe.is_file() or len(contents) != 1:
+        raise InstallError(f"plugin source {source} is neither an executable file nor a "
+                           f"bundle with '{PLUGIN_NAME}' and one '{PLUGIN_NAME}.<hash>' dir")
+    return exe, contents[0]
+
+
+def check_conflist(text: str, origin: str) -> bytes:
+    """The template's bytes if it is a conflist whose first plugin is ours."""
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        raise InstallError(f"conflist template {origin} is not JSON: {exc}") from None
+    plugins = conf.get("plugins") if isinstance(conf, dict) else None
+    if not isinstance(plugins, list) or not plugins or not isinstance(plugins[0], dict):
+        raise InstallError(f"conflist template {origin}: 'plugins' must be a non-empty list")
+    if plugins[0].get("type") != PLUGIN_TYPE:
+        raise InstallError(f"conflist template {origin}: the first plugin's type is "
+                           f"{plugins[0].get('type')!r}, expected {PLUGIN_TYPE!r}")
+    if not str(plugins[0].get("socket", DEFAULT_SOCKET)).startswith("/"):
+        raise InstallError(f"conflist template {origin}: socket must be an absolute path")
+    if not isinstance(conf.get("name"), str) or not conf["name"]:
+        raise InstallError(f"conflist template {origin}: 'name' is missing")
+    return text.encode()
+
+
+def install_plugin(paths: HostPaths, source: Path, manifest: dict) -> bool:
+    exe, contents = check_plugin_source(source)
+    bin_dir = make_dirs(paths, paths.bin_dir, manifest["created_dirs"])
+    changed = False
+    old_trees = dict(manifest["trees"])
+    if contents is not None:
+        host_tree = f"{paths.bin_dir}/{contents.name}"
+        changed |= copy_tree_atomic(contents, bin_dir / contents.name)
+        manifest["trees"][host_tree] = tree_digest(bin_dir / contents.name)
+        write_manifest(paths, manifest)  # recorded before the executable points at it
+    host_exe = f"{paths.bin_dir}/{PLUGIN_NAME}"
+    changed |= write_file_atomic(bin_dir / PLUGIN_NAME, exe.read_bytes(), 0o755)
+    manifest["files"][host_exe] = hashlib.sha256(exe.read_bytes()).hexdigest()
+    for host_tree in old_trees:
+        if contents is None or host_tree != f"{paths.bin_dir}/{contents.name}":
+            shutil.rmtree(paths.on_host(host_tree), ignore_errors=True)
+            del manifest["trees"][host_tree]
+            logger.info("removed the previous plugin version %s", host_tree)
+    write_manifest(paths, manifest)
+    logger.info("CNI executable %s %s", paths.on_host(host_exe),
+                "installed" if changed else "already up to date")
+    return changed
+
+
+def verify_plugin(paths: HostPaths, timeout: float = 10.0) -> None:
+    """Run the installed executable's VERSION with an empty environment."""
+    exe = paths.on_host(f"{paths.bin_dir}/{PLUGIN_NAME}")
+    try:
+        proc = subprocess.run([str(exe)], input=b'{"cniVersion":"1.0.0"}',
+                              env={"CNI_COMMAND": "VERSION"}, capture_output=True,
+                              timeout=timeout, check=False)
+        reply = json.loads(proc.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        raise InstallError(f"installed executable {exe} does not answer VERSION: {exc}") from None
+    if proc.returncode != 0 or "supportedVersions" not in reply:
+        raise InstallError(f"installed executable {exe} failed VERSION: {proc.stdout[:200]!r}")
+
+
+def wait_for_agent(socket_path: str, wait_seconds: float, stop: threading.Event,
+                   poll: float = 0.5) -> None:
+    """Return once the agent answers ready; InstallError after ``wait_seconds``."""
+    deadline = time.monotonic() + wait_seconds
+    last = "no answer yet"
+    while True:
+        client = AgentClient(socket_path, timeout=min(5.0, max(wait_seconds, 0.1)))
+        try:
+            status, body = client.get("/v1/status")
+            if status == 200 and isinstance(body, dict) and body.get("ready") is True:
+                return
+            last = f"HTTP {status}: {body}"
+        except (OSError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        finally:
+            client.close()
+        left = deadline - time.monotonic()
+        if left <= 0 or stop.wait(min(poll, left)):
+            raise InstallError(f"agent at {socket_path} not ready after {wait_seconds:g} s "
+                               f"(last: {last}); the conflist was not written")
+
+
+def install_conflist(paths: HostPaths, data: bytes, manifest: dict) -> bool:
+    netd = make_dirs(paths, paths.netd_dir, manifest["created_dirs"])
+    host = f"{paths.netd_dir}/{paths.conflist_name}"
+    changed = write_file_atomic(netd / paths.conflist_name, data, 0o644)
+    manifest["files"][host] = hashlib.sha256(data).hexdigest()
+    write_manifest(paths, manifest)
+    logger.info("conflist %s %s", paths.on_host(host), "written" if changed else "unchanged")
+    return changed
+
+
+# ---- uninstall --------------------------------------------------------------------------
+
+def uninstall(paths: HostPaths) -> list[str]:
+    """Remove what the manifest lists; return the host paths removed."""
+    manifest = read_manifest(paths)
+    removed = []
+    for host, digest in sorted(manifest["files"].items()):
+        path = paths.on_host(host)
+        try:
+            current = hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            continue
+        if current != digest:
+            logger.warning("leaving %s: changed since it was installed", path)
+            continue
+        path.unlink()
+        removed.append(host)
+    for host in sorted(manifest["trees"]):
+        shutil.rmtree(paths.on_host(host), ignore_errors=True)
+        removed.append(host)
+    paths.on_host(paths.manifest).unlink(missing_ok=True)
+    for host in sorted(manifest["created_dirs"], key=len, reverse=True):
+        try:
+            paths.on_host(host).rmdir()
+            removed.append(host)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            logger.warning("leaving directory %s: not empty", paths.on_host(host))
+    logger.info("uninstalled: %s", ", ".join(removed) or "nothing was installed")
+    return removed
+
+
+# ---- command line -----------------------------------------------------------------------
+
+def run_install(args: argparse.Namespace, paths: HostPaths, stop: threading.Event) -> None:
+    conflist = None
+    if not args.skip_conflist:  # read and check everything before changing anything
+        try:
+            text = Path(args.conflist_template).read_text()
+        except OSError as exc:
+            raise InstallError(f"conflist template {args.conflist_template}: "
+                               f"{exc.strerror}") from None
+        conflist = check_conflist(text, args.conflist_template)
+    if not args.conflist_only:
+        check_plugin_source(Path(args.plugin_source))
+    manifest = read_manifest(paths)
+    if not args.conflist_only:
+        install_plugin(paths, Path(args.plugin_source), manifest)
+        verify_plugin(paths)
+    if conflist is not None:
+        wait_for_agent(args.agent_socket, args.wait_seconds, stop)
+        install_conflist(paths, conflist, manifest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="underlay-install", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host-root", default="/", help="where the host's / is mounted")
+    sub = parser.add_subparsers(dest="command", required=True)
+    inst = sub.add_parser("install")
+    inst.add_argument("--plugin-source", default="/opt/underlay/plugin")
+    inst.add_argument("--conflist-template", default="/etc/underlay/10-underlay.conflist")
+    only = inst.add_mutually_exclusive_group()
+    only.add_argument("--skip-conflist", action="store_true", help="the executable only")
+    only.add_argument("--conflist-only", action="store_true", help="the conflist only")
+    inst.add_argument("--agent-socket", default=DEFAULT_SOCKET)
+    inst.add_argument("--wait-seconds", type=float, default=300.0)
+    inst.add_argument("--stay", action="store_true",
+                      help="after installing, keep running until SIGTERM (a sidecar)")
+    sub.add_parser("uninstall")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    root = Path(os.path.abspath(args.host_root))
+    if not root.is_dir():
+        print(f"underlay-install: host root {root} is not a directory", file=sys.stderr)
+        return 2
+    paths = HostPaths(root=root)
+    try:
+        if args.command == "uninstall":
+            uninstall(paths)
+            return 0
+        if args.wait_seconds < 0:
+            raise InstallError(f"--wait-seconds {args.wait_seconds:g} must be >= 0")
+        run_install(args, paths, stop)
+    except (InstallError, OSError) as exc:
+        print(f"underlay-install: {exc}", file=sys.stderr)
+        return 1
+    if args.stay:
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
