@@ -58,10 +58,12 @@ def run_with_retries(
     action: str,
     stop: threading.Event,
     also_retry: Callable[[CloudError], bool] = lambda _error: False,
+    sleep: Callable[[float], object] | None = None,
 ) -> T:
     """Run ``attempt`` (which raises only ``CloudError``) until it succeeds, a permanent
     error occurs, or the policy's budget is spent. Setting ``stop`` ends the waiting at
-    once and fails the call with ``CloudUnavailable``."""
+    once and fails the call with ``CloudUnavailable``. ``sleep`` defaults to waiting on
+    ``stop``."""
 
     def should_retry(exc: BaseException) -> bool:
         if not isinstance(exc, CloudError) or stop.is_set():
@@ -92,7 +94,7 @@ def run_with_retries(
         stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.deadline),
         wait=wait_random_exponential(multiplier=policy.base_delay, max=policy.max_delay),
         retry=retry_if_exception(should_retry),
-        sleep=stop.wait,
+        sleep=sleep or stop.wait,
         before_sleep=log_retry,
         reraise=True,
     )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -224,3 +225,19 @@ def test_on_call_reports_each_call_and_outcome(cloud, world, node, calls):
         ("DescribeNetworkInterfaces", "InvalidNetworkInterfaceID.NotFound"),
         ("DescribeNetworkInterfaces", "ok"),
     ]
+
+
+def test_one_adapter_serves_many_threads(cloud, world, control, calls):
+    """The agent shares one adapter between its loops: concurrent calls each get their
+    own answer, and on_call sees every one of them."""
+    def grow(_: int) -> set[str]:
+        eni = cloud.create_eni(world.subnet_ids[0], [], 2, cluster="c", node="n")
+        added = cloud.assign_ips(eni.id, 3)
+        return {eni.primary_ip, *eni.secondary_ips, *added}
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(grow, range(6)))
+    assert all(len(r) == 6 for r in results)
+    assert len(set().union(*results)) == 36  # no address handed out twice
+    assert call_count(control, "CreateNetworkInterface") == 6
+    assert calls.count(("AssignPrivateIpAddresses", "ok")) == 6

@@ -137,6 +137,26 @@ def test_retries_stop_after_the_attempt_budget_and_surface_the_typed_error():
     assert len(attempts) == 4
 
 
+def test_waits_back_off_exponentially_with_full_jitter():
+    waits: list[float] = []
+
+    def attempt():
+        raise errors.Throttled("throttled", code="RequestLimitExceeded", action="X")
+
+    policy = RetryPolicy(attempts=8, base_delay=0.5, max_delay=4.0, deadline=3600)
+    for _ in range(20):
+        with pytest.raises(errors.Throttled):
+            run_with_retries(attempt, policy, action="X", stop=threading.Event(),
+                             sleep=waits.append)
+    assert len(waits) == 20 * 7
+    for run in range(20):
+        for n, wait in enumerate(waits[run * 7:(run + 1) * 7]):
+            assert 0 <= wait <= min(4.0, 0.5 * 2**n)  # the exponential ceiling, capped
+    late = [w for i, w in enumerate(waits) if i % 7 >= 3]  # ceiling is the 4 s cap here
+    assert len(set(late)) == len(late)  # drawn, not fixed
+    assert min(late) < 2.0 < max(late)  # spread over [0, cap], not bunched at the top
+
+
 def test_permanent_errors_are_not_retried():
     attempts = []
 
