@@ -27,6 +27,9 @@ COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 MAX_STDIN_BYTES = 1 << 20
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 300.0
+OLDER_THAN_1_1 = ("0.4.0", "1.0.0")  # STATUS and GC came with spec 1.1.0
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+LEGACY_ATTACHMENTS = "cni.dev/attachments"
 MIN_MTU, MAX_MTU = 576, 9001  # as the agent accepts: EC2's jumbo frames stop at 9001
 # Which environment variables each command needs (CNI spec 1.1, "Parameters").
 REQUIRED_ENV = {
@@ -72,6 +75,9 @@ def parse_request(env: dict[str, str], stdin: bytes) -> Request:
     if command == "VERSION":
         return Request(command, _version_for_answer(conf))
     version = check_version(conf)
+    if command in ("STATUS", "GC") and version in OLDER_THAN_1_1:
+        raise CniError(Code.INCOMPATIBLE_VERSION, f"cniVersion {version} does not allow "
+                       f"{command}: it needs 1.1.0")
     fields: dict[str, Any] = {"command": command, "cni_version": version}
     if command in REQUIRED_ENV:
         fields.update(parse_env(command, env))
@@ -187,10 +193,12 @@ def parse_conf(command: str, conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_valid_attachments(conf: dict[str, Any]) -> tuple[dict[str, str], ...]:
-    key = "cni.dev/valid-attachments"
+    """The spec's ``cni.dev/valid-attachments``; ``cni.dev/attachments``, the name of an
+    earlier draft that libcni still sends alongside, is accepted when it comes alone."""
+    key = VALID_ATTACHMENTS if VALID_ATTACHMENTS in conf else LEGACY_ATTACHMENTS
     if key not in conf:
-        raise CniError(Code.INVALID_CONFIG, f"{key} is required for GC (without it every "
-                       "attachment of the network would be released)")
+        raise CniError(Code.INVALID_CONFIG, f"{VALID_ATTACHMENTS} is required for GC (without "
+                       "it every attachment of the network would be released)")
     items = conf[key]
     if not isinstance(items, list):
         raise CniError(Code.INVALID_CONFIG, f"{key} must be a list, got {_a(_type_name(items))}")

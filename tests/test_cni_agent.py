@@ -94,6 +94,11 @@ def test_gc_releases_exactly_the_attachments_not_listed(node):
     proc = run_plugin(node.bin_dir, {"CNI_COMMAND": "GC", "CNI_PATH": node.bin_dir}, gc)
     assert proc.returncode == 0 and proc.stdout == b"", proc.stdout
     assert set(pods(node.agent)) == {("keep-1", "eth0")}
+    # the key of the spec's earlier draft, as libcni also sends it, is understood alone
+    legacy = node.conf(**{"cni.dev/attachments": []})
+    proc = run_plugin(node.bin_dir, {"CNI_COMMAND": "GC", "CNI_PATH": node.bin_dir}, legacy)
+    assert proc.returncode == 0, proc.stdout
+    assert pods(node.agent) == {}
 
 
 def test_status_with_agent_up_succeeds_silently(node):
@@ -160,6 +165,7 @@ def test_agent_errors_pass_through_with_their_code(emulator, control, start_agen
     assert results[1].returncode != 0 and err["code"] >= 100, err
     assert err["msg"] and "Traceback" not in err["msg"]
     assert set(pods(agent)) == {("lim-1", "eth0")}
-    status = run_plugin(cni_bin_dir, {"CNI_COMMAND": "STATUS"}, conf)
+    status = run_plugin(cni_bin_dir, {"CNI_COMMAND": "STATUS"},
+                        conf.replace('"1.0.0"', '"1.1.0"'))
     if status.returncode != 0:  # the agent may report the limit as 51 while it holds
         assert json.loads(status.stdout)["code"] in (50, 51)
