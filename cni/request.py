@@ -17,11 +17,11 @@ import os
 import re
 from collections import namedtuple
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 from cni.spec import DEFAULT_SOCKET, MODES, PLUGIN_TYPE, SUPPORTED_VERSIONS, Code, CniError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs ~5 ms of start-up
+    from typing import Any
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 MAX_STDIN_BYTES = 1 << 20
