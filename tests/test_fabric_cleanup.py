@@ -63,14 +63,17 @@ def live_run() -> Iterator[cleanup.RunRecord]:
 
 
 def test_cleanup_removes_what_a_killed_run_left_and_spares_live_runs(
-        live_run: cleanup.RunRecord) -> None:
+        live_run: cleanup.RunRecord, tmp_path: Path) -> None:
     prefix = cleanup.new_prefix()
+    errors = open(tmp_path / "child.err", "w")
     child = subprocess.Popen([PYTHON, "-c", CRASHING_RUN, prefix], stdout=subprocess.PIPE,
-                             text=True, cwd="/work/main")
+                             stderr=errors, text=True, cwd="/work/main")
     agent_pid = None
     try:
         assert child.stdout is not None
-        made = json.loads(child.stdout.readline())
+        line = child.stdout.readline()
+        assert line, f"the fabric child failed:\n{(tmp_path / 'child.err').read_text()}"
+        made = json.loads(line)
         agent_pid = made["agent"]
         left = {n for n in list_netns() if n.startswith(prefix + "-")}
         assert {f"{prefix}-vpc", f"{prefix}-out", made["node"]} <= left
@@ -93,6 +96,7 @@ def test_cleanup_removes_what_a_killed_run_left_and_spares_live_runs(
         # and a second pass finds nothing more of it
         assert prefix not in run_cleanup()
     finally:
+        errors.close()
         if child.poll() is None:
             child.kill()
             child.wait(timeout=10)

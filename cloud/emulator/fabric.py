@@ -163,6 +163,10 @@ class Fabric:
     def netns_path(self, name: str) -> str:
         return str(cleanup.NETNS_DIR / name)
 
+    def cloud_endpoint(self, instance_id: str) -> str:
+        """The EC2 endpoint as the node sees it (127.0.0.1:<port> inside its namespace)."""
+        return self._cloud.listen_in_netns(self.netns_path(self.node_netns(instance_id)))
+
     @property
     def nodes(self) -> tuple[str, ...]:
         return tuple(sorted(self._nodes))

@@ -163,8 +163,7 @@ class Cluster:
                 node.workdir.mkdir(mode=0o700)
                 template["plugins"][0]["socket"] = node.socket_path
                 (node.workdir / "10-underlay.conflist").write_text(json.dumps(template, indent=1))
-                self._endpoints[node.name] = self.cloud.listen_in_netns(
-                    self.fabric.netns_path(node.netns))
+                self._endpoints[node.name] = self.fabric.cloud_endpoint(node.instance_id)
                 self.nodes.append(node)
         except BaseException:
             self.stop()
