@@ -97,6 +97,8 @@ def test_pods_on_primary_and_secondary_enis_reach_each_other_and_stop_leaves_not
 def test_a_cluster_of_no_nodes_is_refused_before_anything_exists() -> None:
     with pytest.raises(ValueError, match="at least one node, got nodes=0"):
         Cluster(nodes=0)
+    with pytest.raises(ValueError, match="mode 'macvlan' is not one of veth, ipvlan"):
+        Cluster(nodes=1, mode="macvlan")
 
 
 # The harness with an agent and a pod, killed with SIGKILL mid-run.

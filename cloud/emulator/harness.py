@@ -53,6 +53,7 @@ PYTHON = sys.executable
 REFERENCE_PLUGINS = "/usr/lib/cni"
 _POD_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?\Z")
 _COMMAND_TIMEOUT = 60.0
+DATAPATH_MODES = ("veth", "ipvlan")  # cni.spec.MODES, which cloud may not import
 
 # intervals short enough that a cluster settles in seconds (an agent's defaults are minutes)
 FAST_AGENT_CONFIG: Mapping[str, Any] = {
@@ -122,6 +123,8 @@ class Cluster:
                  libcni_client: str | None = None, prefix: str | None = None) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, got nodes={nodes}")
+        if mode not in DATAPATH_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {', '.join(DATAPATH_MODES)}")
         self.prefix = cleanup.validate_prefix(prefix or cleanup.new_prefix())
         self._node_count = nodes
         self._world_args = dict(instance_type=instance_type, vpc_cidr=vpc_cidr,
@@ -179,8 +182,10 @@ class Cluster:
         self.agents.clear()
         if self.fabric is not None:
             self._try(self.fabric.stop)
+            self.fabric = None
         if self.cloud is not None:
             self._try(self.cloud.stop)
+            self.cloud = None
         self.pods.clear()
         if self.record is not None:
             self._try(cleanup.clean_run, self.prefix)  # pod namespaces and anything left
