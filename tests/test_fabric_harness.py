@@ -84,6 +84,9 @@ def test_pods_on_primary_and_secondary_enis_reach_each_other_and_stop_leaves_not
             # the request and the reply left node 0 through the ENI that holds the pod's IP
             assert rx_packets(cluster, eni_of[pod.ip]) >= before + 2
         assert reachable(cluster, pods[0], cluster.nodes[1].primary_ip)
+        # the outside host (for SNAT tests) sees the real source; SNAT is off here
+        assert cluster.source_seen_outside(cluster.nodes[0]) == cluster.nodes[0].primary_ip
+        assert cluster.source_seen_outside(on_secondary[0]) == on_secondary[0].ip
 
         for pod in pods + [b]:
             cluster.del_pod(pod)
