@@ -1,0 +1,166 @@
+"""Pool efficiency over a churn trace: underlay's default policy against AWS VPC CNI's static
+watermark policies, replayed on the same simulated m5.large node.
+
+    .venv/bin/python -m bench.pool_efficiency [--seeds 3] [--hours 6] [--create-latency 3]
+
+Policies (the real functions, imported):
+- underlay: ``ipam_daemon.policy.decide`` with the agent's default targets
+  (``ipam_daemon.config.AgentConfig()``), driven like ``ipam_daemon.pool.Pool``;
+- aws-default: WARM_ENI_TARGET=1 through ``bench.aws_policy`` (ipamd's arithmetic);
+- aws-warm-ip: WARM_IP_TARGET=5, MINIMUM_IP_TARGET=10, same arithmetic.
+
+Reports, summed over the seeds: idle IP-seconds, pool misses (ADDs that waited for a cloud
+call or a cooldown), mutating EC2 calls by action, ADD wait p50/p99; and the ratios
+underlay / aws-default. The issue's target: at most a third of the idle IP-seconds, no more
+misses, no more cloud calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import dataclass
+
+from ipam_daemon import policy
+from ipam_daemon.config import AgentConfig
+from ipam_daemon.policy import Targets
+
+from bench import aws_policy
+from bench.node_sim import SimConfig, SimResult
+from bench.pool_loops import aws_loop, simulate, underlay_loop
+from bench.trace import make_trace
+
+logger = logging.getLogger(__name__)
+
+NAME = "pool_efficiency"
+
+
+def underlay_targets(config: AgentConfig | None = None) -> Targets:
+    """The targets the agent's pool loop builds from its configuration (pool.Pool)."""
+    c = config or AgentConfig()
+    return Targets(c.warm_ips, c.min_ips, c.max_ips, c.warm_enis, c.max_enis, c.batch_size,
+                   c.eni_min_age)
+
+
+def sim_config(create_latency: float = 3.0, config: AgentConfig | None = None) -> SimConfig:
+    c = config or AgentConfig()
+    return SimConfig(create_eni_latency=create_latency, cooldown=c.cooldown_seconds,
+                     pool_interval=c.pool_interval, shrink_interval=c.shrink_interval)
+
+
+AWS_DEFAULT = Targets(warm_ips=0, min_ips=0, warm_enis=1, eni_min_age=60.0)
+AWS_WARM_IP = Targets(warm_ips=5, min_ips=10, warm_enis=0, eni_min_age=60.0)
+
+
+def policies():
+    return {
+        "underlay": underlay_loop(policy.decide, underlay_targets()),
+        "aws-default": aws_loop(aws_policy.decide_pool, aws_policy.decide_free_eni, AWS_DEFAULT),
+        "aws-warm-ip": aws_loop(aws_policy.decide_pool, aws_policy.decide_free_eni,
+                                AWS_WARM_IP),
+    }
+
+
+def percentile(samples: list[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass(frozen=True)
+class Summary:
+    name: str
+    idle_ip_seconds: float
+    mean_idle_ips: float
+    misses: int
+    adds: int
+    calls: dict[str, int]
+    wait_p50: float
+    wait_p99: float
+    peak_held: int
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+
+def summarize(name: str, results: list[SimResult], duration: float) -> Summary:
+    calls: dict[str, int] = {}
+    for r in results:
+        for action, n in r.calls.items():
+            calls[action] = calls.get(action, 0) + n
+    waits = [w for r in results for w in r.waits]
+    idle = sum(r.idle_ip_seconds for r in results)
+    return Summary(name, idle, idle / duration, sum(r.misses for r in results),
+                   sum(r.adds for r in results), dict(sorted(calls.items())),
+                   percentile(waits, 0.5), percentile(waits, 0.99),
+                   max(r.peak_held for r in results))
+
+
+def measure(seeds: list[int], hours: float, create_latency: float) -> dict[str, Summary]:
+    config = sim_config(create_latency)
+    traces = [make_trace(seed, hours) for seed in seeds]
+    out = {}
+    for name, make_loop in policies().items():
+        results = [simulate(name, trace, config, make_loop) for trace in traces]
+        out[name] = summarize(name, results, sum(t.duration for t in traces))
+    return out
+
+
+def ratio(ours: float, theirs: float) -> float | None:
+    return round(ours / theirs, 3) if theirs else None
+
+
+def run(out: dict, *, quick: bool = False) -> None:
+    """Fill ``out`` with the summaries, the ratios and the table rows (see bench.run)."""
+    seeds, hours = ([1], 2.0) if quick else ([1, 2, 3], 6.0)
+    summaries = measure(seeds, hours, create_latency=3.0)
+    ours, aws = summaries["underlay"], summaries["aws-default"]
+    ratios = {"idle_ip_seconds": ratio(ours.idle_ip_seconds, aws.idle_ip_seconds),
+              "misses": ratio(ours.misses, aws.misses),
+              "cloud_calls": ratio(ours.total_calls, aws.total_calls)}
+    met = {"idle_at_most_a_third": ours.idle_ip_seconds <= aws.idle_ip_seconds / 3,
+           "no_more_misses": ours.misses <= aws.misses,
+           "no_more_cloud_calls": ours.total_calls <= aws.total_calls}
+    out.update({"seeds": seeds, "hours_per_seed": hours, "instance": "m5.large",
+                "policies": {n: s.__dict__ for n, s in summaries.items()},
+                "ratios_underlay_over_aws_default": ratios, "target_met": met})
+    rows = []
+    for metric, get, fmt in (
+            ("idle IP-seconds", lambda s: s.idle_ip_seconds, "{:.0f}"),
+            ("mean idle IPs", lambda s: s.mean_idle_ips, "{:.2f}"),
+            ("pool misses (ADDs that waited)", lambda s: s.misses, "{}"),
+            ("mutating EC2 calls", lambda s: s.total_calls, "{}"),
+            ("ADD wait p50 (s, simulated)", lambda s: s.wait_p50, "{:.2f}"),
+            ("ADD wait p99 (s, simulated)", lambda s: s.wait_p99, "{:.2f}"),
+            ("peak IPs held", lambda s: s.peak_held, "{}")):
+        mine, theirs = get(ours), get(aws)
+        rows.append({"metric": metric, "underlay": fmt.format(mine),
+                     "reference": fmt.format(theirs), "ratio": ratio(mine, theirs),
+                     "also": f"aws-warm-ip {fmt.format(get(summaries['aws-warm-ip']))}"})
+    out["reference_name"] = "aws-default (WARM_ENI_TARGET=1)"
+    out["rows"] = rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--hours", type=float, default=6.0)
+    parser.add_argument("--create-latency", type=float, default=3.0,
+                        help="seconds to create and attach an ENI")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.hours <= 0 or args.create_latency < 0:
+        parser.error("--seeds >= 1, --hours > 0 and --create-latency >= 0 please")
+    summaries = measure(list(range(1, args.seeds + 1)), args.hours, args.create_latency)
+    print(f"{'policy':12s} {'idle IP-s':>10s} {'idle IPs':>8s} {'misses':>6s} {'calls':>6s}"
+          f" {'p50 s':>6s} {'p99 s':>6s}  calls by action")
+    for s in summaries.values():
+        print(f"{s.name:12s} {s.idle_ip_seconds:10.0f} {s.mean_idle_ips:8.2f} {s.misses:6d}"
+              f" {s.total_calls:6d} {s.wait_p50:6.2f} {s.wait_p99:6.2f}  {json.dumps(s.calls)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

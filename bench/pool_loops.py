@@ -1,0 +1,220 @@
+"""The event engine, the two pool loops (underlay's and ipamd's) and ``simulate``, which
+replays a trace through one of them on a simulated node (``bench.node_sim``)."""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import deque
+from typing import Callable
+
+from ipam_daemon.policy import Action, Kind, Targets
+
+from bench.node_sim import Decide, Node, SimConfig, SimResult
+from bench.trace import Trace
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """A clock and a queue of callbacks; ``run`` integrates the idle addresses over time."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.idle_ip_seconds = 0.0
+
+    def at(self, when: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (max(when, self.node.now), next(self._seq), callback))
+
+    def run(self, until: float) -> None:
+        while self._queue and self._queue[0][0] <= until:
+            when, _, callback = heapq.heappop(self._queue)
+            self._advance(when)
+            callback()
+        self._advance(until)
+
+    def _advance(self, when: float) -> None:
+        idle = self.node.held() - self.node.assigned()
+        self.idle_ip_seconds += idle * (when - self.node.now)
+        self.node.now = when
+
+
+class UnderlayLoop:
+    """``ipam_daemon.pool.Pool.run``: one action per step, again at once after acting, else
+    sleep ``pool_interval`` or until woken; shrink at most every ``shrink_interval``."""
+
+    def __init__(self, sim: "Simulation", decide: Decide, targets: Targets) -> None:
+        self.sim, self.decide, self.targets = sim, decide, targets
+        self.sleeping = False
+        self._generation = 0
+        self._last_shrink = -float("inf")
+
+    def start(self) -> None:
+        self.sim.engine.at(0.0, self.step)
+
+    def wake(self) -> None:
+        if self.sleeping:
+            self.sleeping = False
+            self._generation += 1
+            self.sim.engine.at(self.sim.node.now, self.step)
+
+    def step(self) -> None:
+        self.sleeping = False
+        node, config = self.sim.node, self.sim.config
+        action = self.decide(node.counts(), self.targets, config.limits)
+        if action.kind is Kind.NOTHING:
+            return self._sleep()
+        if action.kind in (Kind.UNASSIGN, Kind.DELETE_ENI):
+            if node.now - self._last_shrink < config.shrink_interval:
+                return self._sleep()
+            self._last_shrink = node.now
+        self.sim.call(action, self.step)
+
+    def _sleep(self) -> None:
+        self.sleeping = True
+        self._generation += 1
+        generation = self._generation
+        self.sim.engine.at(self.sim.node.now + self.sim.config.pool_interval,
+                           lambda: self._tick(generation))
+
+    def _tick(self, generation: int) -> None:
+        if self.sleeping and generation == self._generation:
+            self.step()
+
+
+class AwsLoop:
+    """ipamd's ticker: a pass every ``pool_interval`` after the last one ends; grow or shrink
+    (at most every ``shrink_interval``, over every ENI), then remove at most one unused ENI.
+    Borrows and releases do not wake it."""
+
+    def __init__(self, sim: "Simulation", decide_pool: Decide, decide_free_eni: Decide,
+                 targets: Targets) -> None:
+        self.sim, self.targets = sim, targets
+        self.decide_pool, self.decide_free_eni = decide_pool, decide_free_eni
+        self._last_decrease = -float("inf")
+
+    def start(self) -> None:
+        self.sim.engine.at(0.0, self.tick)
+
+    def wake(self) -> None:
+        pass
+
+    def _decide(self, decide: Decide) -> Action:
+        return decide(self.sim.node.counts(), self.targets, self.sim.config.limits)
+
+    def tick(self) -> None:
+        action = self._decide(self.decide_pool)
+        if action.kind in (Kind.ASSIGN, Kind.CREATE_ENI):
+            return self.sim.call(action, self.free_eni)
+        if action.kind is Kind.UNASSIGN:
+            if self.sim.node.now - self._last_decrease >= self.sim.config.shrink_interval:
+                self._last_decrease = self.sim.node.now
+                return self.sim.call(action, self.decrease_more)
+        self.free_eni()
+
+    def decrease_more(self) -> None:
+        action = self._decide(self.decide_pool)
+        if action.kind is Kind.UNASSIGN:
+            return self.sim.call(action, self.decrease_more)
+        self.free_eni()
+
+    def free_eni(self) -> None:
+        action = self._decide(self.decide_free_eni)
+        if action.kind is Kind.DELETE_ENI:
+            return self.sim.call(action, self.sleep)
+        self.sleep()
+
+    def sleep(self) -> None:
+        self.sim.engine.at(self.sim.node.now + self.sim.config.pool_interval, self.tick)
+
+
+class Simulation:
+    def __init__(self, trace: Trace, config: SimConfig) -> None:
+        self.trace, self.config = trace, config
+        self.node = Node(config)
+        self.engine = Engine(self.node)
+        self.loop: UnderlayLoop | AwsLoop | None = None
+        self.pending: deque[tuple[str, float]] = deque()
+        self.running: set[str] = set()
+        self.waits: list[float] = []
+        self.misses = 0
+        self.cancelled = 0
+        self.busy = False
+
+    def call(self, action: Action, then: Callable[[], None]) -> None:
+        """Make ``action``'s cloud call; when it returns, serve waiting ADDs, then ``then``."""
+        if self.busy:
+            raise AssertionError("two cloud calls at once from one loop")
+        self.busy = True
+        latency = self.node.begin(action)
+
+        def done() -> None:
+            self.busy = False
+            self.node.finish(action)
+            self.serve()
+            then()
+        self.engine.at(self.node.now + latency, done)
+
+    def add(self, pod: str) -> None:
+        if not self.pending and self.node.borrow(pod) is not None:
+            self.running.add(pod)
+            self.waits.append(0.0)
+        else:
+            self.misses += 1
+            self.pending.append((pod, self.node.now))
+        self.node.check()
+        self.loop.wake()
+
+    def delete(self, pod: str) -> None:
+        if pod in self.running:
+            self.running.remove(pod)
+            self.node.release(pod)
+            self.engine.at(self.node.now + self.config.cooldown, self.serve)
+        else:
+            waiting = [p for p in self.pending if p[0] == pod]
+            for entry in waiting:
+                self.pending.remove(entry)
+                self.cancelled += 1
+        self.node.check()
+        self.loop.wake()
+
+    def serve(self) -> None:
+        served = False
+        while self.pending:
+            pod, since = self.pending[0]
+            if self.node.borrow(pod) is None:
+                break
+            self.pending.popleft()
+            self.running.add(pod)
+            self.waits.append(self.node.now - since)
+            served = True
+        if served:
+            self.node.check()
+            self.loop.wake()
+
+
+def simulate(name: str, trace: Trace, config: SimConfig,
+             make_loop: Callable[[Simulation], UnderlayLoop | AwsLoop]) -> SimResult:
+    sim = Simulation(trace, config)
+    sim.loop = make_loop(sim)
+    for event in trace.events():
+        handler = sim.add if event.kind == "add" else sim.delete
+        sim.engine.at(event.time, lambda h=handler, p=event.pod: h(p))
+    sim.loop.start()
+    sim.engine.run(trace.duration)
+    idle = sim.engine.idle_ip_seconds
+    return SimResult(name, idle, idle / trace.duration, sim.node.peak_held,
+                     sim.node.peak_enis, len(sim.waits) + len(sim.pending) + sim.cancelled,
+                     sim.misses, sim.cancelled, tuple(sim.waits), dict(sim.node.calls),
+                     dict(sim.node.actions))
+
+
+def underlay_loop(decide: Decide, targets: Targets) -> Callable[[Simulation], UnderlayLoop]:
+    return lambda sim: UnderlayLoop(sim, decide, targets)
+
+
+def aws_loop(decide_pool: Decide, decide_free_eni: Decide,
+             targets: Targets) -> Callable[[Simulation], AwsLoop]:
+    return lambda sim: AwsLoop(sim, decide_pool, decide_free_eni, targets)
