@@ -39,6 +39,7 @@ from cloud.emulator.fabric import OUTSIDE_HOST_IP, Fabric
 from cloud.emulator.harness_io import (
     AGENT_CREDENTIALS,
     build_libcni_client,
+    probe_source_outside,
     query_agent,
     wait_until,
     write_cni_files,
@@ -382,39 +383,8 @@ class Cluster:
         """Open a TCP connection from ``target`` to the outside host and return the source
         address the outside host saw (the node's primary IP when SNAT applies)."""
         assert self.fabric is not None
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", self.fabric.outside, PYTHON, "-c", _OUTSIDE_SERVER,
-             OUTSIDE_HOST_IP, str(port), str(timeout)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert server.stdout is not None
-            if server.stdout.readline().strip() != "ready":
-                raise HarnessError(f"outside listener failed: {server.stderr.read()}")
-            self.exec_in(target, ["busybox", "nc", "-w", "2", OUTSIDE_HOST_IP, str(port)],
-                         check=False, timeout=timeout)
-            seen = server.stdout.readline().strip()
-            if not seen:
-                raise HarnessError(f"no connection from {target.netns} reached the outside "
-                                   f"host: {server.stderr.read().strip()}")
-            return seen
-        finally:
-            if server.poll() is None:
-                server.kill()
-            server.wait(timeout=10)
-
-
-_OUTSIDE_SERVER = """
-import socket, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((sys.argv[1], int(sys.argv[2])))
-server.listen(1)
-server.settimeout(float(sys.argv[3]))
-print("ready", flush=True)
-conn, peer = server.accept()
-print(peer[0], flush=True)
-conn.close()
-"""
+        return probe_source_outside(self.fabric.outside, target.netns, OUTSIDE_HOST_IP, port,
+                                    timeout)
 
 
 def _run(cmd: Sequence[str]) -> str:

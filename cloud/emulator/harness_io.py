@@ -109,3 +109,43 @@ def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05
             return False
         stop.wait(step)
     return False
+
+
+_OUTSIDE_SERVER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(1)
+server.settimeout(float(sys.argv[3]))
+print("ready", flush=True)
+conn, peer = server.accept()
+print(peer[0], flush=True)
+conn.close()
+"""
+
+
+def probe_source_outside(outside_netns: str, client_netns: str, address: str, port: int,
+                         timeout: float) -> str:
+    """A one-shot TCP listener on ``address:port`` in the outside namespace; connect from
+    ``client_netns`` and return the peer address the listener saw."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", outside_netns, sys.executable, "-c", _OUTSIDE_SERVER, address,
+         str(port), str(timeout)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"outside listener failed: {server.stderr.read().strip()}")
+        subprocess.run(["ip", "netns", "exec", client_netns, "busybox", "nc", "-w", "2", address,
+                        str(port)], stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=timeout, check=False)
+        seen = server.stdout.readline().strip()
+        if not seen:
+            raise RuntimeError(f"no connection from {client_netns} reached {address}:{port}: "
+                               f"{server.stderr.read().strip()}")
+        return seen
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(timeout=10)
