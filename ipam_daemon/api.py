@@ -26,6 +26,7 @@ from ipam_daemon.store import AllocationKey, PodInfo
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+MAX_DRAIN = 1024 * 1024  # oversized bodies up to this are read and dropped before the 413
 MAX_FIELD = 512
 
 
@@ -156,6 +157,13 @@ class _Handler(BaseHTTPRequestHandler):
         size = int(length)
         if size > MAX_BODY:
             self.close_connection = True
+            if size <= MAX_DRAIN:  # let the client finish sending, so it reads our answer
+                left = size
+                while left > 0:
+                    chunk = self.rfile.read(min(65536, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
             raise RequestError(Code.INVALID_CONFIG, f"request body of {size} bytes exceeds"
                                f" the {MAX_BODY} byte limit", 413)
         raw = self.rfile.read(size)

@@ -15,8 +15,10 @@ Defaults, and why they differ from AWS VPC CNI's:
   ``reconcile_interval=60``, ``leaked_eni_age=300``: AWS's intervals, which are reasonable.
 - ``pool_interval=5``: the loop also wakes at once when a borrow drops the pool below
   target, so the interval only bounds how late a missed wake-up is noticed.
-- ``batch_size=16``: at most this many IPs per AssignPrivateIpAddresses / pre-filled
-  CreateNetworkInterface call; the pool never asks for more than it is short.
+- ``batch_size=4``: the hysteresis band above the warm target. A shortfall is met with one
+  AssignPrivateIpAddresses (or pre-filled CreateNetworkInterface) for at least this many
+  addresses, and idle addresses are freed only above ``warm_ips + batch_size``: churn of a
+  few pods costs no cloud call, and a node idles on at most warm + batch addresses.
 
 Per-node overrides (from Kubernetes later) go through :func:`apply_overrides`, which
 validates exactly as the file does.
@@ -56,7 +58,7 @@ class AgentConfig:
     warm_enis: int = 0
     max_enis: int = 0  # 0: the instance type's limit
     cooldown_seconds: float = 30.0
-    batch_size: int = 16
+    batch_size: int = 4
     subnets: tuple[str, ...] = ()  # empty: the primary ENI's subnet
     security_groups: tuple[str, ...] = ()  # empty: the primary ENI's groups
     datapath: str = "veth"

@@ -10,8 +10,14 @@ comparison (the bench replays traces through both):
 
 Differences in ``decide``: cooling addresses are never available (AWS counts them);
 ``warm_enis`` asks for that many ENIs' worth of *addresses*, not whole idle ENIs; growth
-never exceeds the shortfall (one batched call), fills existing ENIs before creating one,
-and a shortfall that cannot be met says why (the reason a starving borrow reports).
+fills existing ENIs before creating one, and a shortfall that cannot be met says why (the
+reason a starving borrow reports).
+
+Hysteresis: ``batch_size`` is the width of a band above the warm target. A shortfall is met
+with one call for at least ``batch_size`` addresses (the room on the ENI permitting), and
+idle addresses are freed only above ``warm + batch_size``. Pod churn smaller than the band
+costs no cloud call at all, and the idle addresses a node holds stay below
+``warm + batch_size`` (AWS's default holds a whole ENI's worth).
 """
 from __future__ import annotations
 
@@ -65,7 +71,7 @@ class Targets:
     max_ips: int = 0  # 0: no ceiling beyond the instance
     warm_enis: int = 0
     max_enis: int = 0  # 0: the instance limit
-    batch_size: int = 16
+    batch_size: int = 4
     eni_min_age: float = 60.0
 
 
@@ -115,6 +121,7 @@ def shortfall(t: Totals, targets: Targets, limits: Limits) -> int:
 def surplus(t: Totals, targets: Targets, limits: Limits) -> int:
     want_available = max(targets.warm_ips, targets.warm_enis * limits.secondary_per_eni)
     over = max(min(t.available - want_available, t.total - targets.min_ips), 0)
+    over = max(over - targets.batch_size, 0)  # inside the band: keep
     if targets.max_ips and t.total - over > targets.max_ips:
         over = t.total - targets.max_ips
     return min(over, t.available)
@@ -137,14 +144,17 @@ def _grow(enis, t: Totals, short: int, targets: Targets, limits: Limits) -> Acti
             return Action(Kind.NOTHING, reason=f"short {short} but max_ips={targets.max_ips}"
                           f" reached ({t.total} held)", blocker=Blocker.MAX_IPS)
         short = min(short, room_total)
+    step = max(short, targets.batch_size)
+    if targets.max_ips:
+        step = min(step, targets.max_ips - t.total)
     for eni in enis:
         if eni.room:
-            count = min(short, eni.room, targets.batch_size)
+            count = min(step, eni.room)
             return Action(Kind.ASSIGN, count, eni.eni_id,
                           f"short {short}: {t.available} available, {t.total} held")
     ceiling = eni_ceiling(targets, limits)
     if len(enis) < ceiling:
-        count = min(short, limits.secondary_per_eni, targets.batch_size)
+        count = min(step, limits.secondary_per_eni)
         return Action(Kind.CREATE_ENI, count, reason=f"short {short}; ENIs full"
                       f" ({len(enis)} of {ceiling} attached)")
     return Action(Kind.NOTHING, reason=f"short {short} but ENI limit reached: {len(enis)} of"
@@ -171,7 +181,7 @@ def _shrink(enis, t: Totals, over: int, targets: Targets, limits: Limits) -> Act
     candidates = [(index, e) for index, e in enumerate(enis) if e.free]
     _, eni = min(candidates, key=lambda p: (p[1].is_primary, p[1].assigned + p[1].cooling,
                                             -p[0]))
-    count = min(over, eni.free, targets.batch_size)
+    count = min(over, eni.free)
     return Action(Kind.UNASSIGN, count, eni.eni_id,
                   f"over by {over}: {t.available} available, {t.total} held")
 

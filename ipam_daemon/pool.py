@@ -205,8 +205,7 @@ class Pool:
         logger.info("pool: %s %s %s (%s)", action.kind.value, action.count or "",
                     action.eni_id, action.reason)
         if action.kind is Kind.ASSIGN:
-            ips = self.cloud.assign_ips(EniId(action.eni_id), action.count)
-            self.store.add_addresses(action.eni_id, ips)
+            self._assign(action.eni_id, action.count)
         elif action.kind is Kind.CREATE_ENI:
             self._create_eni(action.count)
         elif action.kind is Kind.UNASSIGN:
@@ -224,10 +223,24 @@ class Pool:
         elif action.kind is Kind.DELETE_ENI:
             self._delete_eni(action.eni_id)
 
+    def _assign(self, eni_id: str, count: int) -> None:
+        """One AssignPrivateIpAddresses; when the subnet cannot give ``count``, ask once
+        more for what it still has (a batch must not turn a nearly full subnet into none)."""
+        try:
+            ips = self.cloud.assign_ips(EniId(eni_id), count)
+        except ce.SubnetExhausted:
+            subnet_id = next((e.subnet_id for e in self.store.enis() if e.id == eni_id), None)
+            subnets = self.subnets.describe([subnet_id]) if subnet_id else []
+            left = subnets[0].free_addresses if subnets else 0
+            if not 0 < left < count:
+                raise
+            ips = self.cloud.assign_ips(EniId(eni_id), left)
+        self.store.add_addresses(eni_id, ips)
+
     def _create_eni(self, count: int) -> None:
         from cloud.provision import provision_eni
 
-        subnet_id = self._pick_subnet(count)
+        subnet_id, count = self._pick_subnet(count)
         eni = provision_eni(self.cloud, self.node.instance, self.node.limits, subnet_id,
                             self.node.security_groups, count, self.node.cluster,
                             self.node.name)
@@ -238,17 +251,17 @@ class Pool:
         logger.info("pool: ENI %s attached at device %d with %d addresses", eni.id,
                     record.device_index, len(eni.secondary_ips))
 
-    def _pick_subnet(self, count: int) -> str:
-        """The configured subnet with the most free addresses; exhausted ones are named."""
+    def _pick_subnet(self, count: int) -> tuple[str, int]:
+        """The configured subnet with the most free addresses, and how many secondary
+        addresses a new ENI there can get (its own primary takes one); none: exhausted."""
         subnets = self.subnets.describe(self.node.subnet_ids)
-        usable = [s for s in subnets if s.free_addresses >= count + 1]
-        if not usable:
+        best = max(subnets, key=lambda s: s.free_addresses, default=None)
+        if best is None or best.free_addresses < 2:
             numbers = ", ".join(f"{s.id} ({s.cidr}) has {s.free_addresses} free" for s in subnets)
-            raise ce.SubnetExhausted(f"a new ENI with {count} secondary addresses needs"
-                                     f" {count + 1} free; {numbers}",
+            raise ce.SubnetExhausted(f"a new ENI needs at least 2 free addresses; {numbers}",
                                      code="InsufficientFreeAddressesInSubnet",
                                      action="CreateNetworkInterface")
-        return max(usable, key=lambda s: s.free_addresses).id
+        return best.id, min(count, best.free_addresses - 1)
 
     def _delete_eni(self, eni_id: str) -> None:
         from cloud.provision import release_eni
