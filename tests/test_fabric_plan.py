@@ -41,6 +41,7 @@ SNAPSHOT = {
         eni("eni-1b", "i-1", 1, ["10.0.0.20", "10.0.0.21"], check=False),
         eni("eni-2", "i-2", 0, ["10.0.1.4"], subnet="subnet-b"),
         eni("eni-free", None, None, ["10.0.0.30"], status="available"),
+        eni("eni-gone", "i-gone", 0, ["10.0.0.40"]),  # still attached to a dead instance
         eni("eni-x", "i-x", 0, ["10.0.0.4"], subnet="subnet-x", vpc=OTHER_VPC),
     ],
     "route_tables": [

@@ -140,7 +140,8 @@ def read_view(snapshot: Mapping[str, Any], vpc_id: str | None = None) -> CloudVi
         return found == vpc_id
 
     enis: list[EniView] = []
-    instances = set()
+    instances: set[str] = set()
+    gone: set[str] = set()
     for item in _items(snapshot.get("instances", ())):
         if not isinstance(item, Mapping):
             instances.add(str(item))
@@ -149,13 +150,16 @@ def read_view(snapshot: Mapping[str, Any], vpc_id: str | None = None) -> CloudVi
             continue
         state = item.get("state", "running")
         state = state.get("name", "running") if isinstance(state, Mapping) else str(state)
-        if state not in GONE_STATES:
+        if state in GONE_STATES:
+            gone.add(str(_field(item, "id", "instance_id")))
+        else:
             instances.add(str(_field(item, "id", "instance_id")))
     for raw in _items(_field(snapshot, "enis", "network_interfaces")):
         instance = _field(raw, "instance", "instance_id", default=None)
         index = _field(raw, "device_index", default=None)
         status = str(_field(raw, "status", "attachment_status", default="in-use"))
-        if instance is None or index is None or status not in ATTACHED_STATES or not in_vpc(raw):
+        if (instance is None or index is None or status not in ATTACHED_STATES
+                or str(instance) in gone or not in_vpc(raw)):
             continue
         cidr = _field(raw, "subnet_cidr", default=None)
         if cidr is None:
