@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
