@@ -22,7 +22,6 @@ included), misses, ADD waits, cloud calls by EC2 action.
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from typing import Callable
 
 from ipam_daemon.policy import Action, EniCounts, Kind, Limits, Targets
 
-from bench.trace import Trace
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +215,7 @@ class Node:
                 raise SimulationError(f"{eni.eni_id} holds {eni.held} > {per_eni}")
             ips = [*eni.free, *eni.assigned, *eni.cooling, *eni.releasing]
             if len(set(ips)) != len(ips) or seen & set(ips):
-                raise SimulationError(f"an address is in two states or on two ENIs")
+                raise SimulationError("an address is in two states or on two ENIs")
             seen |= set(ips)
         self.peak_held = max(self.peak_held, self.held())
         self.peak_enis = max(self.peak_enis, len(self.enis))
