@@ -16,8 +16,8 @@ writes nothing. Re-running changes nothing when the content is the same (mtime k
 The plugin source is either one file (a launcher) or a PyInstaller onedir bundle: a
 directory holding the executable ``underlay`` and its contents directory
 ``underlay.<hash>``. A new bundle's contents directory goes in beside the old one first, then
-the executable is renamed over the old one, then the old contents directory is removed:
-at every instant ``/opt/cni/bin/underlay`` starts completely, old or new.
+the executable is renamed over the old one: at every instant ``/opt/cni/bin/underlay``
+starts completely, old or new. The old contents directory goes at the next run.
 
 Everything written, and every directory created, is recorded in
 ``<host-root>/var/lib/underlay/installed.json``; ``uninstall`` removes exactly those (a file
@@ -208,23 +208,28 @@ def check_conflist(text: str, origin: str) -> bytes:
 
 
 def install_plugin(paths: HostPaths, source: Path, manifest: dict) -> bool:
+    """Install the executable (and its contents dir). The contents dir of the version it
+    replaces is kept until the next run (an exec that started just before the switch may
+    still be loading from it); older ones are removed."""
     exe, contents = check_plugin_source(source)
     bin_dir = make_dirs(paths, paths.bin_dir, manifest["created_dirs"])
     changed = False
-    old_trees = dict(manifest["trees"])
+    previous = manifest.get("current_tree")
+    current = f"{paths.bin_dir}/{contents.name}" if contents is not None else None
     if contents is not None:
-        host_tree = f"{paths.bin_dir}/{contents.name}"
         changed |= copy_tree_atomic(contents, bin_dir / contents.name)
-        manifest["trees"][host_tree] = tree_digest(bin_dir / contents.name)
+        manifest["trees"][current] = tree_digest(bin_dir / contents.name)
         write_manifest(paths, manifest)  # recorded before the executable points at it
     host_exe = f"{paths.bin_dir}/{PLUGIN_NAME}"
-    changed |= write_file_atomic(bin_dir / PLUGIN_NAME, exe.read_bytes(), 0o755)
-    manifest["files"][host_exe] = hashlib.sha256(exe.read_bytes()).hexdigest()
-    for host_tree in old_trees:
-        if contents is None or host_tree != f"{paths.bin_dir}/{contents.name}":
+    data = exe.read_bytes()
+    changed |= write_file_atomic(bin_dir / PLUGIN_NAME, data, 0o755)
+    manifest["files"][host_exe] = hashlib.sha256(data).hexdigest()
+    manifest["current_tree"] = current
+    for host_tree in list(manifest["trees"]):
+        if host_tree not in (current, previous):
             shutil.rmtree(paths.on_host(host_tree), ignore_errors=True)
             del manifest["trees"][host_tree]
-            logger.info("removed the previous plugin version %s", host_tree)
+            logger.info("removed the old plugin version %s", host_tree)
     write_manifest(paths, manifest)
     logger.info("CNI executable %s %s", paths.on_host(host_exe),
                 "installed" if changed else "already up to date")

@@ -92,26 +92,38 @@ def test_conflist_waits_for_the_agent(tmp_path, emulator, control, start_agent):
 
 
 def test_upgrade_switches_versions_and_removes_the_old(tmp_path, plugin_bundle):
-    """launcher (one file) -> bundle -> launcher: each step leaves exactly one version."""
+    """launcher (one file) -> bundle -> launcher -> launcher: the executable switches at
+    once; the replaced version's contents dir stays for one run (an exec that began before
+    the switch may still load from it), then goes."""
     host = make_host(tmp_path / "host", populated=True)
     before = listing(host)
     launcher = write_plugin_launcher(str(tmp_path / "v1"))
-    steps = [launcher, str(plugin_bundle), launcher]
-    for source in steps:
+    tree = next(plugin_bundle.glob("underlay.*")).name
+    steps = [(launcher, []), (str(plugin_bundle), [tree]), (launcher, [tree]), (launcher, [])]
+    for source, trees in steps:
         proc = run_install(host, "install", "--skip-conflist", "--plugin-source", source)
         assert proc.returncode == 0, proc.stderr
         exe = host / BIN / "underlay"
         expected = plugin_bundle / "underlay" if source == str(plugin_bundle) else launcher
         assert exe.read_bytes() == open(expected, "rb").read()
-        trees = sorted(p.name for p in (host / BIN).glob("underlay.*"))
-        assert trees == ([next(plugin_bundle.glob("underlay.*")).name]
-                         if source == str(plugin_bundle) else [])
+        assert sorted(p.name for p in (host / BIN).glob("underlay.*")) == trees, source
         version = subprocess.run([str(exe)], input=b'{"cniVersion":"1.1.0"}',
                                  env={"CNI_COMMAND": "VERSION"}, capture_output=True,
                                  timeout=30, check=False)
         assert json.loads(version.stdout)["cniVersion"] == "1.1.0", version.stdout
     assert run_install(host, "uninstall").returncode == 0
     assert listing(host) == before
+
+
+def test_uninstall_right_after_an_upgrade_removes_both_versions(tmp_path, plugin_bundle):
+    host = make_host(tmp_path / "host", populated=False)
+    launcher = write_plugin_launcher(str(tmp_path / "v1"))
+    for source in (str(plugin_bundle), launcher):
+        assert run_install(host, "install", "--skip-conflist", "--plugin-source",
+                           source).returncode == 0
+    assert len(list((host / BIN).glob("underlay.*"))) == 1  # the replaced bundle, kept
+    assert run_install(host, "uninstall").returncode == 0
+    assert list(host.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", ["not-json", "wrong-type", "no-template", "no-plugin",
