@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 APT_PACKAGES := iproute2 iptables containernetworking-plugins golang-go golang-github-appc-cni-dev \
-	qemu-system-x86 linux-image-amd64 busybox-static tcpdump
+	qemu-system-x86 linux-image-amd64 busybox-static tcpdump binutils
 
 .PHONY: setup test demo bench chaos clean-net
 
