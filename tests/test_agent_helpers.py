@@ -30,8 +30,9 @@ CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
 
 
 def fast_config(**overrides) -> dict:
-    """Intervals short enough that a test takes seconds."""
-    base = dict(datapath="none", warm_ips=3, pool_interval=0.2, shrink_interval=0.2,
+    """Intervals short enough that a test takes seconds; batch_size 1 (no hysteresis band)
+    unless a test asks for one, so pool sizes are exact."""
+    base = dict(datapath="none", warm_ips=3, batch_size=1, pool_interval=0.2, shrink_interval=0.2,
                 reconcile_interval=5.0, cooldown_seconds=0.3, eni_min_age=0.0,
                 borrow_wait_seconds=3.0, subnet_full_backoff=1.0, max_backoff=1.0,
                 leaked_eni_age=1.0,
