@@ -99,13 +99,13 @@ class Agent:
         self.stopping.set()
         if self.socket is not None:
             self.socket.stop()
+        close = getattr(self.cloud, "close", None)
+        if callable(close):
+            close()  # wakes the pool's cloud retries, so the loop ends promptly
         if self.pool is not None:
             self.pool.stop()
         if self.status is not None:
             self.status.stop()
-        close = getattr(self.cloud, "close", None)
-        if callable(close):
-            close()
         self.wiring.shutdown()
         if self.store is not None:
             self.store.close()

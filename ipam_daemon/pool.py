@@ -67,6 +67,7 @@ class Pool:
         self._wake = threading.Event()
         self._changed = threading.Condition()
         self._blocked: Blocked | None = None
+        self._cordoned = False
         self._backoff_until = 0.0
         self._backoff = 0.0
         self._last_shrink = -float("inf")
@@ -79,6 +80,14 @@ class Pool:
     @property
     def blocked(self) -> Blocked | None:
         return self._blocked
+
+    def set_cordoned(self, cordoned: bool) -> None:
+        """While the node is cordoned the pool does not grow (shrinking goes on)."""
+        if cordoned != self._cordoned:
+            logger.info("node %s: pool growth %s", "cordoned" if cordoned else "uncordoned",
+                        "paused" if cordoned else "resumed")
+        self._cordoned = cordoned
+        self._wake.set()
 
     def wake(self) -> None:
         """A borrow took the pool below target, or found it empty: act now."""
@@ -137,16 +146,14 @@ class Pool:
 
     def run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the step: a wake-up during it is not lost
             try:
                 acted = self.step()
             except Exception:
                 logger.exception("pool step failed")
                 acted = False
-                self._stop.wait(self.config.pool_interval)
-            if acted:
-                continue
-            self._wake.wait(self.config.pool_interval)
-            self._wake.clear()
+            if not acted:
+                self._wake.wait(self.config.pool_interval)
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -174,6 +181,8 @@ class Pool:
         action = decide(self.counts(), self.targets, self.limits)
         if action.kind is Kind.NOTHING:
             self._note_policy_blocker(action)
+            return False
+        if self._cordoned and action.kind in (Kind.ASSIGN, Kind.CREATE_ENI):
             return False
         if action.kind in (Kind.UNASSIGN, Kind.DELETE_ENI):
             if now - self._last_shrink < self.config.shrink_interval:

@@ -189,6 +189,20 @@ class Service:
                         released.ip, reason)
         self.pool.wake()
 
+    def release_key(self, key: AllocationKey, reason: str = "pod gone") -> bool:
+        """Release by key through the one release path (the Kubernetes pod GC uses this);
+        False when there was nothing to release."""
+        allocation = self.store.get_allocation(key)
+        if allocation is None:
+            return False
+        self.release_allocation(allocation, reason=reason)
+        return True
+
+    def allocation_rows(self) -> list[tuple[AllocationKey, str, str, str, str]]:
+        """(key, pod namespace, pod name, pod uid, netns) of every allocation."""
+        return [(a.key, a.pod.namespace, a.pod.name, a.pod.uid, a.pod.netns)
+                for a in self.store.allocations()]
+
     def check(self, call: CheckCall) -> None:
         allocation = self.store.get_allocation(call.key)
         if allocation is None:
