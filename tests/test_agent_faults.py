@@ -4,6 +4,8 @@ warm pool keep succeeding, a borrow that finds the pool empty fails with the pre
 subnet is reported as subnet exhausted (100) with its free-address numbers."""
 from __future__ import annotations
 
+import urllib.request
+
 from test_agent_helpers import control, emulator, make_world, start_agent, wait_for  # noqa: F401
 
 from cni.spec import Code
@@ -39,6 +41,13 @@ def test_faults_spare_the_warm_pool_and_the_pool_recovers(emulator, control, sta
     status, body = agent.attach("starved")
     assert body["code"] == Code.CLOUD_THROTTLED and "throttled" in body["msg"], body
 
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.status_port}/metrics",
+                                timeout=5) as reply:
+        metrics = reply.read().decode()
+    assert 'underlay_cloud_errors_total{action="AssignPrivateIpAddresses",code="RequestLimitExceeded"}' \
+        in metrics
+    assert 'underlay_cloud_errors_total{action="AssignPrivateIpAddresses",code="InternalError"}' \
+        in metrics
     counts_during = control.call_counts()
     control.clear_faults()
     wait_for(lambda: (lambda p: p["available"] >= 6 and p["blocked"] is None)(agent.pool()),
@@ -69,7 +78,6 @@ def test_subnet_exhausted_names_the_numbers(emulator, control, start_agent):
 
 def test_not_ready_until_the_first_reconcile(emulator, control, start_agent, tmp_path):
     import urllib.error
-    import urllib.request
 
     def get(agent, path):
         try:
