@@ -101,3 +101,23 @@ def test_not_ready_until_the_first_reconcile(emulator, control, start_agent, tmp
     control.clear_faults()
     wait_for(agent.ready, 20, "the agent to reconcile and serve")
     assert get(agent, "/readyz") == 200
+
+
+def test_empty_pool_borrow_waits_for_the_refill(emulator, control, start_agent):
+    """A borrow that finds the pool empty waits (bounded) for the new ENI instead of failing;
+    if the refill takes longer than borrow_wait_seconds it fails with code 103 and numbers."""
+    world = make_world(emulator, instance_type="t3.small")  # 3 pod addresses per ENI
+    agent = start_agent(world, warm_ips=1, borrow_wait_seconds=0.5)
+    control.set_attach_latency(2.0)
+    got = [agent.attach(f"c{i}") for i in range(4)]  # the 4th needs a second ENI
+    failed = [body for status, body in got if status != 200]
+    assert len(failed) == 1, got
+    assert failed[0]["code"] == Code.NO_CAPACITY, failed
+    assert "did not refill within 0.5s" in failed[0]["msg"], failed
+    assert "0 available, 3 assigned" in failed[0]["details"], failed
+
+    agent2 = start_agent(make_world(emulator, instance_type="t3.small"), warm_ips=1,
+                         borrow_wait_seconds=10.0)
+    statuses = [agent2.attach(f"c{i}")[0] for i in range(4)]
+    assert statuses == [200] * 4  # the 4th waited for the ENI instead of failing
+    assert agent2.pool()["enis"] == 2
