@@ -1,0 +1,178 @@
+"""Shared checks for the end-to-end VPC tests (no tests here): ping and a TCP echo between
+pod namespaces, router-link counters, and what the cloud and the agents say they hold."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cloud.emulator.addresses import usable_range
+from cloud.emulator.fabric_plan import name_router_link
+from cloud.emulator.harness import Cluster, Node, Pod
+from cloud.emulator.harness_io import wait_until
+
+PYTHON = sys.executable
+TCP_PORT = 7001
+_EXCHANGE_TIMEOUT = 20.0
+
+# One-shot echo server: binds the pod's address, echoes one connection until EOF.
+_ECHO_SERVER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(1)
+server.settimeout(float(sys.argv[3]))
+print("ready", flush=True)
+conn, peer = server.accept()
+conn.settimeout(float(sys.argv[3]))
+while True:
+    data = conn.recv(65536)
+    if not data:
+        break
+    conn.sendall(data)
+conn.close()
+print(peer[0], flush=True)
+"""
+
+# Client: sends N pseudo-random bytes, half-closes, reads the echo back, prints a verdict.
+_ECHO_CLIENT = """
+import hashlib, random, socket, sys
+payload = random.Random(7).randbytes(int(sys.argv[3]))
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+sock.sendall(payload)
+sock.shutdown(socket.SHUT_WR)
+got = bytearray()
+while True:
+    data = sock.recv(65536)
+    if not data:
+        break
+    got += data
+print("match" if bytes(got) == payload else f"mismatch {len(got)} of {len(payload)}")
+"""
+
+
+def ping(cluster: Cluster, source: Node | Pod, address: str) -> bool:
+    proc = cluster.exec_in(source, ["busybox", "ping", "-c", "1", "-W", "2", address],
+                           check=False)
+    return proc.returncode == 0
+
+
+def reachable(cluster: Cluster, source: Node | Pod, address: str) -> bool:
+    """A positive check, retried for a few seconds so a loaded machine cannot fail it."""
+    return wait_until(lambda: ping(cluster, source, address), 5.0, step=0.2)
+
+
+def unreachable_from(cluster: Cluster, source: Node | Pod, addresses: Iterable[str]) -> list[str]:
+    """Ping every address once from one namespace (one shell); the ones that did not answer.
+    Each miss is retried once more so a loaded machine cannot fail it."""
+    script = ("for ip in \"$@\"; do busybox ping -c 1 -W 2 \"$ip\" >/dev/null 2>&1 || "
+              "busybox ping -c 1 -W 2 \"$ip\" >/dev/null 2>&1 || echo \"$ip\"; done")
+    addresses = list(addresses)
+    proc = cluster.exec_in(source, ["sh", "-c", script, "ping-all", *addresses],
+                           timeout=30 + 5 * len(addresses))
+    return proc.stdout.split()
+
+
+def tcp_exchange(cluster: Cluster, client: Pod, server: Pod, size: int = 256 * 1024) -> str:
+    """``size`` bytes from ``client`` to an echo server in ``server`` and back; returns the
+    peer address the server saw (it must be the client's own IP: no SNAT between pods)."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", server.netns, PYTHON, "-c", _ECHO_SERVER, server.ip,
+         str(TCP_PORT), str(_EXCHANGE_TIMEOUT)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise AssertionError(f"echo server in {server.name} failed: {proc.stderr.read()}")
+        result = cluster.exec_in(client, [PYTHON, "-c", _ECHO_CLIENT, server.ip, str(TCP_PORT),
+                                          str(size), str(_EXCHANGE_TIMEOUT)],
+                                 timeout=_EXCHANGE_TIMEOUT + 10)
+        assert result.stdout.strip() == "match", (
+            f"TCP {client.name} -> {server.name}: {result.stdout} {result.stderr}")
+        seen = proc.stdout.readline().strip()
+        proc.wait(timeout=_EXCHANGE_TIMEOUT)
+        return seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def router_link_bytes(cluster: Cluster, eni_id: str) -> dict[str, int]:
+    """Bytes the VPC router received from (rx) and sent to (tx) this ENI's link."""
+    assert cluster.fabric is not None
+    out = cluster.exec_in(cluster.fabric.router,
+                          ["ip", "-j", "-s", "link", "show", name_router_link(eni_id)]).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return {"rx": stats["rx"]["bytes"], "tx": stats["tx"]["bytes"],
+            "rx_packets": stats["rx"]["packets"]}
+
+
+def router_route_dev(cluster: Cluster, address: str) -> str | None:
+    """The router link that a /32 route for ``address`` points to, if any."""
+    assert cluster.fabric is not None
+    out = cluster.exec_in(cluster.fabric.router,
+                          ["ip", "-j", "route", "show", f"{address}/32"]).stdout
+    routes = json.loads(out) if out.strip() else []
+    return routes[0]["dev"] if routes else None
+
+
+def agent_pods(cluster: Cluster, node: Node) -> list[dict[str, Any]]:
+    status, body = cluster.agent_get(node, "/v1/pods")
+    assert status == 200, body
+    return body
+
+
+def agent_pool(cluster: Cluster, node: Node) -> dict[str, Any]:
+    status, body = cluster.agent_get(node, "/v1/pool")
+    assert status == 200, body
+    return body
+
+
+def eni_of_pod(cluster: Cluster, pod: Pod) -> str:
+    return next(p["eni"] for p in agent_pods(cluster, pod.node) if p["ip"] == pod.ip)
+
+
+def cloud_holders(cluster: Cluster) -> dict[str, list[tuple[str, str | None]]]:
+    """Every IP in the cloud -> [(ENI id, instance id)] (more than one entry is a bug)."""
+    assert cluster.cloud is not None
+    holders: dict[str, list[tuple[str, str | None]]] = {}
+    for eni in cluster.cloud.snapshot()["enis"]:
+        for ip in eni["ips"]:
+            holders.setdefault(ip, []).append((eni["id"], eni["instance_id"]))
+    return holders
+
+
+def duplicates(values: Sequence[str]) -> list[str]:
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
+def free_in_subnet(cluster: Cluster, subnet_id: str) -> list[str]:
+    """Usable addresses of the subnet no ENI or instance holds (the cloud's view)."""
+    assert cluster.cloud is not None
+    snapshot = cluster.cloud.snapshot()
+    cidr = next(s["cidr"] for s in snapshot["subnets"] if s["id"] == subnet_id)
+    used = {ip for eni in snapshot["enis"] if eni["subnet_id"] == subnet_id for ip in eni["ips"]}
+    used |= {i["private_ip"] for i in snapshot["instances"]
+             if i["subnet_id"] == subnet_id and i["state"] != "terminated"}
+    return [str(ipaddress.IPv4Address(a)) for a in usable_range(cidr)
+            if str(ipaddress.IPv4Address(a)) not in used]
+
+
+def node_leftovers(cluster: Cluster, node: Node) -> dict[str, list[str]]:
+    """Pod traces on a node: host-side pod links, per-pod rules, /32 pod routes."""
+    links = json.loads(cluster.exec_in(node, ["ip", "-j", "link", "show"]).stdout)
+    pod_links = [link["ifname"] for link in links
+                 if link["ifname"] != "lo" and not link["ifname"].startswith("eth")]
+    rules = cluster.exec_in(node, ["ip", "rule", "show"]).stdout.splitlines()
+    pod_rules = [r.strip() for r in rules if " to " in r or ("from " in r and "from all" not in r)]
+    routes = cluster.exec_in(node, ["ip", "route", "show", "table", "main"]).stdout.splitlines()
+    pod_routes = [r for r in routes if "proto static" in r and "scope link" in r
+                  and not r.startswith("default")]
+    return {k: v for k, v in (("links", pod_links), ("rules", pod_rules),
+                              ("routes", pod_routes)) if v}
