@@ -1,0 +1,121 @@
+"""50-pod churn across 3 nodes (m5.large: 3 ENIs x 10 addresses), pods created and deleted
+through libcni in parallel batches of 10 while the agents' pools grow and shrink: no IP is
+ever held twice (agents and cloud), every live pod answers from every other node, and after
+the last delete nothing is left: no pod links, rules, routes, allocations or namespaces.
+Part of `make test` (about a minute); kept lean: one pinger pod per node."""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from cloud.emulator import cleanup
+from cloud.emulator.harness import Cluster, Pod
+from cloud.emulator.harness_io import wait_until
+from test_e2e_vpc_tools import (
+    agent_pods,
+    agent_pool,
+    cloud_holders,
+    duplicates,
+    node_leftovers,
+    unreachable_from,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+VPC_CIDR = "10.0.0.0/16"
+# the harness's fast intervals; SNAT on with the VPC excluded; the default hysteresis band
+AGENT = {"warm_ips": 2, "batch_size": 4, "vpc_cidrs": [VPC_CIDR]}
+THREADS = 10
+TOTAL = 50
+
+
+def run_batches(work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``work`` over ``items`` in batches of THREADS parallel calls; errors propagate."""
+    results = []
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        for start in range(0, len(items), THREADS):
+            results += list(pool.map(work, items[start:start + THREADS]))
+    return results
+
+
+def check_no_duplicates(cluster: Cluster, live: Sequence[Pod]) -> None:
+    listed = [p["ip"] for node in cluster.nodes for p in agent_pods(cluster, node)]
+    assert not duplicates(listed), f"agents hand out an IP twice: {duplicates(listed)}"
+    assert sorted(listed) == sorted(p.ip for p in live)
+    holders = cloud_holders(cluster)
+    twice = {ip: h for ip, h in holders.items() if len(h) > 1}
+    assert not twice, f"the cloud has IPs on two ENIs: {twice}"
+    for pod in live:  # each pod's address is the cloud's, on an ENI of the pod's node
+        assert holders[pod.ip][0][1] == pod.node.instance_id, (pod.name, holders.get(pod.ip))
+
+
+def check_all_reachable(cluster: Cluster, live: Sequence[Pod], pingers: dict[str, Pod]) -> None:
+    for name, pinger in pingers.items():
+        others = [p.ip for p in live if p.node.name != name]
+        missing = unreachable_from(cluster, pinger, others)
+        assert not missing, f"from {name} ({pinger.ip}) these pods do not answer: {missing}"
+
+
+def test_fifty_pods_churn_across_three_nodes() -> None:
+    rng = random.Random(5)
+    with Cluster(nodes=3, vpc_cidr=VPC_CIDR) as cluster:
+        prefix = cluster.prefix
+        for node in cluster.nodes:
+            cluster.run_agent(node, AGENT)
+        counter = iter(range(10_000))
+
+        def add(node_index: int) -> Pod:
+            return cluster.add_pod(node_index, f"w{next(counter)}")
+
+        # 50 pods in batches of 10, spread over the nodes at random
+        live = run_batches(add, [rng.randrange(3) for _ in range(TOTAL)])
+        check_no_duplicates(cluster, live)
+        # at 50 pods the nodes hold more than a primary ENI's 9 secondary addresses
+        assert max(agent_pool(cluster, n)["enis"] for n in cluster.nodes) >= 2
+        # churn, twice: half the pods go while as many new ones come, mixed in the same
+        # parallel batches (releases cool down and shrink while new pods borrow)
+        for _ in range(2):
+            rng.shuffle(live)
+            gone, live = live[:TOTAL // 2], live[TOTAL // 2:]
+            tasks = [("del", pod) for pod in gone] + [("add", rng.randrange(3)) for _ in gone]
+            rng.shuffle(tasks)
+            done = run_batches(lambda t: cluster.del_pod(t[1]) if t[0] == "del" else add(t[1]),
+                               tasks)
+            live += [pod for pod in done if pod is not None]
+            assert len(live) == TOTAL
+            check_no_duplicates(cluster, live)
+        # every live pod answers from every other node (one pinger pod per node)
+        pingers = {node.name: next(p for p in live if p.node is node) for node in cluster.nodes
+                   if any(p.node is node for p in live)}
+        assert len(pingers) == 3
+        check_all_reachable(cluster, live, pingers)
+
+        run_batches(cluster.del_pod, live)
+        for node in cluster.nodes:
+            assert agent_pods(cluster, node) == []
+            assert node_leftovers(cluster, node) == {}, node.name
+        pod_netns = [n for n in os.listdir(cleanup.NETNS_DIR) if n.startswith(f"{prefix}-p")]
+        assert pod_netns == []
+
+        # the pools drain back to the band, idle secondary ENIs go, cloud and agents agree
+        def settled() -> bool:
+            pools = [agent_pool(cluster, node) for node in cluster.nodes]
+            return all(p["assigned"] == 0 and p["cooling"] == 0
+                       and p["total"] <= AGENT["warm_ips"] + AGENT["batch_size"]
+                       and p["enis"] == 1 for p in pools)
+
+        assert wait_until(settled, 60.0, step=0.5), [agent_pool(cluster, n)
+                                                    for n in cluster.nodes]
+        held = {ip: h for ip, h in cloud_holders(cluster).items()}
+        for node in cluster.nodes:
+            status, enis = cluster.agent_get(node, "/v1/enis")
+            assert status == 200
+            for eni in enis:
+                agent_ips = {a["ip"] for a in eni["addresses"]} | {eni["primary_ip"]}
+                cloud_ips = {ip for ip, h in held.items() if h[0][0] == eni["id"]}
+                assert agent_ips == cloud_ips, (node.name, eni["id"])
