@@ -39,7 +39,10 @@ class Benchmark:
 
 BENCHMARKS = (
     Benchmark("pool_efficiency", "bench.pool_efficiency"),
-    Benchmark("cni_latency", "bench.bench_cni_latency", ("-n", "100"), ("-n", "20")),
+    Benchmark("cni_latency", "bench.cni_latency"),
+    Benchmark("burst", "bench.bench_burst"),
+    Benchmark("agent_resources", "bench.bench_agent_resources"),
+    Benchmark("scale", "bench.bench_scale"),
     Benchmark("borrow", "bench.bench_borrow", ("-n", "300"), ("-n", "200")),
     Benchmark("cni_startup", "bench.bench_cni_startup", ("-n", "50"), ("-n", "10")),
 )
