@@ -30,7 +30,11 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) -m cloud.emulator.demo
+	$(PY) -m lab.demo
+
+# removes what a killed harness or demo run left (namespaces, links, processes, run files)
+clean-net:
+	$(PY) -m cloud.emulator.cleanup
 
 bench: setup
 	$(PY) -m bench.run
