@@ -142,7 +142,8 @@ def libcni(cluster: Cluster, pod: Pod, command: str, *, conflist: str | None = N
 
 def plugin_conf(cluster: Cluster, node: Node, **extra: object) -> dict:
     """The netconf a 1.1.0 runtime passes to the first plugin of the node's conflist."""
-    conflist = json.loads(open(cluster.conflist_for(node)).read())
+    with open(cluster.conflist_for(node)) as f:
+        conflist = json.load(f)
     return {"cniVersion": "1.1.0", "name": conflist["name"], **conflist["plugins"][0], **extra}
 
 
