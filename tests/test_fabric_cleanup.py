@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 
 from cloud.emulator import cleanup
 
-PYTHON = "/work/main/.venv/bin/python"
+PYTHON = sys.executable
+REPO = str(Path(__file__).resolve().parents[1])
 
 # A fabric run with one node and an "agent" (a sleep) inside the node's namespace, which
 # reports what it made and then waits to be killed.
@@ -66,7 +68,7 @@ def test_cleanup_removes_what_a_killed_run_left_and_spares_live_runs(
     prefix = cleanup.new_prefix()
     errors = open(tmp_path / "child.err", "w")
     child = subprocess.Popen([PYTHON, "-c", CRASHING_RUN, prefix], stdout=subprocess.PIPE,
-                             stderr=errors, text=True, cwd="/work/main")
+                             stderr=errors, text=True, cwd=REPO)
     agent_pid = None
     try:
         assert child.stdout is not None

@@ -6,7 +6,9 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +17,9 @@ from cloud.emulator.fabric_plan import name_router_link
 from cloud.emulator.harness import Cluster, HarnessError
 from cloud.emulator.harness_io import wait_until
 
-PYTHON = "/work/main/.venv/bin/python"
-# TODO(agent): SNAT on fails at start-up today ("snat vpc_cidrs is empty"): the agent passes
-# no VPC CIDRs to the datapath. Off here until that is fixed; SNAT is not what these test.
+PYTHON = sys.executable
+REPO = str(Path(__file__).resolve().parents[1])
+# SNAT is not what these tests look at (tests/test_e2e_cni.py does); keep it out of the way.
 AGENT = {"snat": False}
 
 
@@ -120,7 +122,7 @@ CRASHING_HARNESS = textwrap.dedent("""
 def test_cleanup_after_the_harness_is_killed(tmp_path) -> None:
     errors = open(tmp_path / "child.err", "w")
     child = subprocess.Popen([PYTHON, "-c", CRASHING_HARNESS], stdout=subprocess.PIPE,
-                             stderr=errors, text=True, cwd="/work/main")
+                             stderr=errors, text=True, cwd=REPO)
     made = None
     try:
         assert child.stdout is not None
