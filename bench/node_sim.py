@@ -83,6 +83,7 @@ class SimEni:
 class SimResult:
     name: str
     idle_ip_seconds: float
+    cooling_ip_seconds: float  # the part of the idle IP-seconds spent cooling
     mean_idle_ips: float
     peak_held: int
     peak_enis: int
@@ -125,6 +126,16 @@ class Node:
         return tuple(EniCounts(e.eni_id, per_eni, len(e.free), len(e.assigned), len(e.cooling),
                                len(e.releasing), e.device == 0, self.now - e.created_at)
                      for e in self.enis if not e.deleting)
+
+    def cooling_between(self, start: float, end: float) -> float:
+        """IP-seconds spent cooling in [start, end] (cooldowns end on their own)."""
+        return sum(max(min(until, end) - start, 0.0)
+                   for e in self.enis for until in e.cooling.values())
+
+    def cooling_between(self, start: float, end: float) -> float:
+        """IP-seconds spent cooling in [start, end] (cooldowns end on their own)."""
+        return sum(max(min(until, end) - start, 0.0)
+                   for e in self.enis for until in e.cooling.values())
 
     def held(self) -> int:
         return sum(e.held for e in self.enis)

@@ -73,6 +73,7 @@ def percentile(samples: list[float], q: float) -> float:
 class Summary:
     name: str
     idle_ip_seconds: float
+    cooling_ip_seconds: float
     mean_idle_ips: float
     misses: int
     adds: int
@@ -93,7 +94,7 @@ def summarize(name: str, results: list[SimResult], duration: float) -> Summary:
             calls[action] = calls.get(action, 0) + n
     waits = [w for r in results for w in r.waits]
     idle = sum(r.idle_ip_seconds for r in results)
-    return Summary(name, idle, idle / duration, sum(r.misses for r in results),
+    return Summary(name, idle, sum(r.cooling_ip_seconds for r in results), idle / duration, sum(r.misses for r in results),
                    sum(r.adds for r in results), dict(sorted(calls.items())),
                    percentile(waits, 0.5), percentile(waits, 0.99),
                    max(r.peak_held for r in results))
@@ -130,15 +131,24 @@ def run(out: dict, *, quick: bool = False) -> None:
     rows = []
     for metric, get, fmt in (
             ("idle IP-seconds", lambda s: s.idle_ip_seconds, "{:.0f}"),
+            ("  of which cooling (IP-seconds)", lambda s: s.cooling_ip_seconds, "{:.0f}"),
             ("mean idle IPs", lambda s: s.mean_idle_ips, "{:.2f}"),
             ("pool misses (ADDs that waited)", lambda s: s.misses, "{}"),
             ("mutating EC2 calls", lambda s: s.total_calls, "{}"),
+            ("  ENI create+attach+modify / detach+delete", lambda s: "{} / {}".format(
+                3 * s.calls.get("CreateNetworkInterface", 0),
+                2 * s.calls.get("DeleteNetworkInterface", 0)), "{}"),
+            ("  Assign / Unassign", lambda s: "{} / {}".format(
+                s.calls.get("AssignPrivateIpAddresses", 0),
+                s.calls.get("UnassignPrivateIpAddresses", 0)), "{}"),
             ("ADD wait p50 (s, simulated)", lambda s: s.wait_p50, "{:.2f}"),
             ("ADD wait p99 (s, simulated)", lambda s: s.wait_p99, "{:.2f}"),
             ("peak IPs held", lambda s: s.peak_held, "{}")):
         mine, theirs = get(ours), get(aws)
+        numeric = isinstance(mine, (int, float))
         rows.append({"metric": metric, "underlay": fmt.format(mine),
-                     "reference": fmt.format(theirs), "ratio": ratio(mine, theirs),
+                     "reference": fmt.format(theirs),
+                     "ratio": ratio(mine, theirs) if numeric else None,
                      "also": f"aws-warm-ip {fmt.format(get(summaries['aws-warm-ip']))}"})
     out["reference_name"] = "aws-default (WARM_ENI_TARGET=1)"
     out["rows"] = rows

@@ -24,6 +24,7 @@ class Engine:
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.idle_ip_seconds = 0.0
+        self.cooling_ip_seconds = 0.0
 
     def at(self, when: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (max(when, self.node.now), next(self._seq), callback))
@@ -38,6 +39,7 @@ class Engine:
     def _advance(self, when: float) -> None:
         idle = self.node.held() - self.node.assigned()
         self.idle_ip_seconds += idle * (when - self.node.now)
+        self.cooling_ip_seconds += self.node.cooling_between(self.node.now, when)
         self.node.now = when
 
 
@@ -205,7 +207,8 @@ def simulate(name: str, trace: Trace, config: SimConfig,
     sim.loop.start()
     sim.engine.run(trace.duration)
     idle = sim.engine.idle_ip_seconds
-    return SimResult(name, idle, idle / trace.duration, sim.node.peak_held,
+    return SimResult(name, idle, sim.engine.cooling_ip_seconds, idle / trace.duration,
+                     sim.node.peak_held,
                      sim.node.peak_enis, len(sim.waits) + len(sim.pending) + sim.cancelled,
                      sim.misses, sim.cancelled, tuple(sim.waits), dict(sim.node.calls),
                      dict(sim.node.actions))

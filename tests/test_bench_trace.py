@@ -63,6 +63,7 @@ def test_underlay_tiny_trace_by_hand():
     assert (r.misses, r.waits, r.peak_held, r.peak_enis) == (0, (0.0, 0.0, 0.0), 8, 1)
     idle = 9.7 * 4 + 10 * 3 + 10 * 2 + 0.3 * 1 + 969.7 * 5 + 30.3 * 8 + 69.7 * 6
     assert r.idle_ip_seconds == pytest.approx(idle)
+    assert r.cooling_ip_seconds == pytest.approx(3 * 30.0)  # three addresses, 30 s each
 
 
 def test_aws_default_tiny_trace_by_hand():
