@@ -94,7 +94,8 @@ def summarize(name: str, results: list[SimResult], duration: float) -> Summary:
             calls[action] = calls.get(action, 0) + n
     waits = [w for r in results for w in r.waits]
     idle = sum(r.idle_ip_seconds for r in results)
-    return Summary(name, idle, sum(r.cooling_ip_seconds for r in results), idle / duration, sum(r.misses for r in results),
+    cooling = sum(r.cooling_ip_seconds for r in results)
+    return Summary(name, idle, cooling, idle / duration, sum(r.misses for r in results),
                    sum(r.adds for r in results), dict(sorted(calls.items())),
                    percentile(waits, 0.5), percentile(waits, 0.99),
                    max(r.peak_held for r in results))

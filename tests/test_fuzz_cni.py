@@ -159,9 +159,9 @@ def broken_requests(draw, socket_path: str):
     elif kind == "netns_relative":
         env["CNI_NETNS"] = draw(ENV_TEXT.filter(lambda s: s and not s.startswith("/")))
     elif kind == "netns_missing":
-        env["CNI_NETNS"] = "/proc/self/ns/" + draw(st.text(string.ascii_lowercase, min_size=1,
-                                                        max_size=12).filter(lambda s: s != "net"
-                                                        and not os.path.exists("/proc/self/ns/" + s)))
+        missing = st.text(string.ascii_lowercase, min_size=1, max_size=12).map(
+            lambda s: "/proc/self/ns/" + s).filter(lambda p: not os.path.exists(p))
+        env["CNI_NETNS"] = draw(missing)
     elif kind == "cni_version":
         conf["cniVersion"] = draw(st.one_of(JUNK.filter(lambda v: v not in SUPPORTED_VERSIONS),
                                             st.just("9.9.9")))
