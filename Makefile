@@ -40,7 +40,7 @@ bench: setup
 	$(PY) -m bench.run
 
 chaos: setup
-	$(PY) -m pytest -q tests -m chaos
+	UNDERLAY_CHAOS=full $(PY) -m pytest -q tests -m chaos
 
 # The self-contained host CNI executable (PyInstaller onedir) under build/plugin-binary/<hash>/
 .PHONY: plugin-binary
