@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -61,6 +62,36 @@ def check_all_reachable(cluster: Cluster, live: Sequence[Pod], pingers: dict[str
         assert not missing, f"from {name} ({pinger.ip}) these pods do not answer: {missing}"
 
 
+class DuplicateWatch:
+    """Polls every agent's /v1/pods and the cloud while pods churn: an IP never appears on
+    two pods, nor on two ENIs. Polls back to back; stopped by an event."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.polls = 0
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dup-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            listed = [p["ip"] for node in self.cluster.nodes
+                      for p in agent_pods(self.cluster, node)]
+            twice = {ip: h for ip, h in cloud_holders(self.cluster).items() if len(h) > 1}
+            if duplicates(listed) or twice:
+                self.seen.append(f"agents {duplicates(listed)} cloud {twice}")
+            self.polls += 1
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> DuplicateWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 def test_fifty_pods_churn_across_three_nodes() -> None:
     rng = random.Random(5)
     with Cluster(nodes=3, vpc_cidr=VPC_CIDR) as cluster:
@@ -73,22 +104,27 @@ def test_fifty_pods_churn_across_three_nodes() -> None:
             return cluster.add_pod(node_index, f"w{next(counter)}")
 
         # 50 pods in batches of 10, spread over the nodes at random
-        live = run_batches(add, [rng.randrange(3) for _ in range(TOTAL)])
+        with DuplicateWatch(cluster) as watch:
+            live = run_batches(add, [rng.randrange(3) for _ in range(TOTAL)])
         check_no_duplicates(cluster, live)
         # at 50 pods the nodes hold more than a primary ENI's 9 secondary addresses
         assert max(agent_pool(cluster, n)["enis"] for n in cluster.nodes) >= 2
         # churn, twice: half the pods go while as many new ones come, mixed in the same
         # parallel batches (releases cool down and shrink while new pods borrow)
-        for _ in range(2):
-            rng.shuffle(live)
-            gone, live = live[:TOTAL // 2], live[TOTAL // 2:]
-            tasks = [("del", pod) for pod in gone] + [("add", rng.randrange(3)) for _ in gone]
-            rng.shuffle(tasks)
-            done = run_batches(lambda t: cluster.del_pod(t[1]) if t[0] == "del" else add(t[1]),
-                               tasks)
-            live += [pod for pod in done if pod is not None]
-            assert len(live) == TOTAL
-            check_no_duplicates(cluster, live)
+        with DuplicateWatch(cluster) as churn_watch:
+            for _ in range(2):
+                rng.shuffle(live)
+                gone, live = live[:TOTAL // 2], live[TOTAL // 2:]
+                tasks = [("del", pod) for pod in gone] + [("add", rng.randrange(3))
+                                                          for _ in gone]
+                rng.shuffle(tasks)
+                done = run_batches(
+                    lambda t: cluster.del_pod(t[1]) if t[0] == "del" else add(t[1]), tasks)
+                live += [pod for pod in done if pod is not None]
+                assert len(live) == TOTAL
+                check_no_duplicates(cluster, live)
+        for w in (watch, churn_watch):  # it really looked, many times, while pods churned
+            assert w.polls >= 5 and w.seen == [], (w.polls, w.seen)
         # every live pod answers from every other node (one pinger pod per node)
         pingers = {node.name: next(p for p in live if p.node is node) for node in cluster.nodes
                    if any(p.node is node for p in live)}

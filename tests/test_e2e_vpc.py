@@ -17,6 +17,7 @@ from cloud.emulator.harness_io import wait_until
 from cloud.emulator.world import make_setup_client
 from test_e2e_vpc_tools import (
     agent_pods,
+    agent_pool,
     cloud_holders,
     eni_of_pod,
     free_in_subnet,
@@ -163,6 +164,9 @@ def test_a_released_ip_cools_down_goes_back_to_the_cloud_and_is_reused_on_anothe
     assert all(p["ip"] != moved.ip for p in agent_pods(cluster, node_a))
 
     # the freed address is now the only free one in the subnet: node B's next grow gets it
+    # (its primary ENI has room, so the grow is one assignment, not a new ENI)
+    primary_b = next(e for e in agent_pool(cluster, node_b)["per_eni"] if e["primary"])
+    assert primary_b["capacity"] > primary_b["free"] + primary_b["assigned"] + primary_b["cooling"]
     filler = fill_subnet_except(cluster, node_a.subnet_id, moved.ip)
     reused = None
     for i in range(4):  # node B holds at most warm + batch idle addresses first
