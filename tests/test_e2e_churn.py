@@ -23,6 +23,8 @@ from test_e2e_vpc_tools import (
     cloud_holders,
     duplicates,
     node_leftovers,
+    node_state,
+    state_diff,
     unreachable_from,
 )
 
@@ -98,6 +100,10 @@ def test_fifty_pods_churn_across_three_nodes() -> None:
         prefix = cluster.prefix
         for node in cluster.nodes:
             cluster.run_agent(node, AGENT)
+        # settled pools first (warm addresses on the primary ENI), then each node's state
+        assert wait_until(lambda: all(agent_pool(cluster, n)["available"] >= AGENT["warm_ips"]
+                                      for n in cluster.nodes), 30.0, step=0.2)
+        before = {node.name: node_state(cluster, node) for node in cluster.nodes}
         counter = iter(range(10_000))
 
         def add(node_index: int) -> Pod:
@@ -147,6 +153,10 @@ def test_fifty_pods_churn_across_three_nodes() -> None:
 
         assert wait_until(settled, 60.0, step=0.5), [agent_pool(cluster, n)
                                                     for n in cluster.nodes]
+        # every link, rule, route (all tables) and iptables rule pods and secondary ENIs
+        # added is gone again: each node is as it was before the first pod
+        for node in cluster.nodes:
+            assert state_diff(before[node.name], node_state(cluster, node)) == {}, node.name
         held = {ip: h for ip, h in cloud_holders(cluster).items()}
         for node in cluster.nodes:
             status, enis = cluster.agent_get(node, "/v1/enis")

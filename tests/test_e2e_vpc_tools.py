@@ -176,3 +176,22 @@ def node_leftovers(cluster: Cluster, node: Node) -> dict[str, list[str]]:
                   and not r.startswith("default")]
     return {k: v for k, v in (("links", pod_links), ("rules", pod_rules),
                               ("routes", pod_routes)) if v}
+
+
+def node_state(cluster: Cluster, node: Node) -> dict[str, set[str]]:
+    """A node's links (name, kind), rules, routes of every table and iptables rules: what
+    pods and secondary ENIs add and must take away again."""
+    links = {f"{link['ifname']} {link.get('link_type')}" for link in
+             json.loads(cluster.exec_in(node, ["ip", "-j", "link", "show"]).stdout)}
+    rules = set(cluster.exec_in(node, ["ip", "rule", "show"]).stdout.splitlines())
+    routes = {r for r in cluster.exec_in(node, ["ip", "-4", "route", "show", "table", "all"])
+              .stdout.splitlines()}
+    iptables = {f"{table} {rule}" for table in ("filter", "nat", "mangle") for rule in
+                cluster.exec_in(node, ["iptables", "-w", "5", "-t", table, "-S"])
+                .stdout.splitlines()}
+    return {"links": links, "rules": rules, "routes": routes, "iptables": iptables}
+
+
+def state_diff(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, Any]:
+    return {k: {"added": sorted(after[k] - before[k]), "removed": sorted(before[k] - after[k])}
+            for k in before if after[k] != before[k]}
