@@ -60,6 +60,7 @@ class Request(namedtuple("Request", (
 
 
 def parse_request(env: dict[str, str], stdin: bytes) -> Request:
+    check_env_encoding(env)
     command = env.get("CNI_COMMAND", "")
     if not command:
         raise CniError(Code.INVALID_ENV, "CNI_COMMAND is not set; expected one of "
@@ -119,6 +120,19 @@ def check_version(conf: dict[str, Any]) -> str:
         raise CniError(Code.INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported; "
                        "supported: " + ", ".join(SUPPORTED_VERSIONS))
     return version
+
+
+def check_env_encoding(env: dict[str, str]) -> None:
+    """CNI_* values must be UTF-8: Python keeps undecodable bytes as lone surrogates,
+    which would only fail later, deep in the agent, as an internal error."""
+    for name, value in env.items():
+        if not name.startswith("CNI_"):
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CniError(Code.INVALID_ENV, f"{name} is not valid UTF-8 (byte "
+                           f"{exc.start} of its value)") from None
 
 
 def parse_env(command: str, env: dict[str, str]) -> dict[str, Any]:

@@ -51,6 +51,8 @@ BAD_INPUT = [
     ("netns-relative", {"CNI_NETNS": "var/run/netns/x"}, {}, 4, "CNI_NETNS"),
     ("cni-args-no-equals", {"CNI_ARGS": "K8S_POD_NAME"}, {}, 4, "CNI_ARGS"),
     ("cni-args-unknown-key", {"CNI_ARGS": "K8S_POD_NAME=p;FOO=1"}, {}, 4, "FOO"),
+    ("cni-args-not-utf8", {"CNI_ARGS": b"K8S_POD_NAME=\xff\xfe\xed"}, {}, 4, "CNI_ARGS"),
+    ("ifname-not-utf8", {"CNI_IFNAME": b"eth\xff"}, {}, 4, "CNI_IFNAME"),
     ("version-unsupported", {}, {"cniVersion": "0.3.1"}, 1, "0.3.1"),
     ("version-newer", {}, {"cniVersion": "2.0.0"}, 1, "2.0.0"),
     ("version-missing", {}, {"cniVersion": DROP}, 1, "cniVersion"),
