@@ -3,7 +3,10 @@ agent. Standard library only: the executable imports this module and nothing hea
 
 Socket protocol (HTTP/1.1 + JSON over the agent's unix socket), version ``API_VERSION``.
 Every request body carries ``"api": API_VERSION``; the agent answers a request of an
-older version it still supports (one step back) and refuses a newer one with code 1.
+older version it still supports (one step back) and refuses a newer one with code 1, except
+a detach: ``/v1/detach`` is also accepted one version ahead (API_VERSION + 1), so that a
+newer executable's DEL during a rollout still releases what an older agent holds (its
+fields, network/container_id/ifname/netns, stay the same across versions).
 
     POST /v1/attach   AttachRequest  -> 200 {"result": <CNI result>}
     POST /v1/detach   DetachRequest  -> 200 {}

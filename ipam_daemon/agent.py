@@ -1,15 +1,20 @@
 """Assembles one node agent: store, cloud, pool loop, datapath, socket API, status endpoint.
 
 Start order: status endpoint (healthz answers, readyz says 503), open the store, discover
-the node, prepare the host datapath, reconcile with the cloud (retried until it works),
-THEN start the pool loop and serve the socket. Stop is the reverse and leaves the pods,
-the addresses and the database as they are: a restarted agent picks them up.
+the node, prepare the host datapath, serve the socket (attaches are refused with code 11,
+"agent not ready", until the first reconcile is done; DEL works at once), reconcile with
+the cloud (retried until it works), THEN start the pool loop. Stop is the reverse and leaves
+the pods, the addresses and the database as they are: a restarted agent picks them up.
+
+An ``observer`` (the Kubernetes bridge) is bound once the service and the pool exist and is
+stopped first. In ``vpc-route`` mode the pool is a :class:`~ipam_daemon.vpcroute.RoutePool`.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from cloud import errors as ce
 from cloud.api import Cloud
@@ -39,12 +44,15 @@ def build_cloud(config: AgentConfig, metrics: Metrics) -> Cloud:
 class Agent:
     def __init__(self, config: AgentConfig, *, cloud: Cloud | None = None,
                  wiring: Wiring | None = None,
-                 node_resolver: Callable[[Cloud, AgentConfig], Node] = discover_node) -> None:
+                 node_resolver: Callable[[Cloud, AgentConfig], Node] = discover_node,
+                 observer: Any = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.cloud = cloud if cloud is not None else build_cloud(config, self.metrics)
         self.wiring = wiring if wiring is not None else build_wiring(config.datapath)
-        self._node_resolver = node_resolver  # the Kubernetes module plugs in here
+        self._node_resolver = node_resolver
+        self.observer = observer
+        self._cordoned = False
         self.stopping = threading.Event()
         self.store: Store | None = None
         self.pool: Pool | None = None
@@ -70,17 +78,26 @@ class Agent:
                                    lambda: self.service, self.metrics)
         self.status.start()
         node = self._resolve_node()
-        self.pool = Pool(self.config, self.cloud, self.store, node, wiring=self.wiring,
-                         metrics=self.metrics, stop=self.stopping)
+        if self.config.vpc_route:
+            from ipam_daemon.vpcroute import RoutePool
+
+            self.pool = RoutePool(self.config, self.cloud, self.store, node,
+                                  metrics=self.metrics, stop=self.stopping)
+        else:
+            self.pool = Pool(self.config, self.cloud, self.store, node, wiring=self.wiring,
+                             metrics=self.metrics, stop=self.stopping)
+        self.pool.set_cordoned(self._cordoned)
         self.service = Service(self.config, self.store, self.pool, self.wiring, self.metrics)
         self.metrics.watch_pool(self.service.pool_summary)
+        if self.observer is not None:
+            self.observer.bind(self)
         self.wiring.prepare_host(self._snat_config(node))
+        self.socket = UnixHTTPServer(self.config.socket_path, self.service)
+        self.socket.start()
         self.pool.reconcile_until_done()
         if self.stopping.is_set():
             return
         self.pool.start()
-        self.socket = UnixHTTPServer(self.config.socket_path, self.service)
-        self.socket.start()
         logger.info("agent ready: node %s, instance %s, datapath %s", node.name,
                     node.instance.id, self.config.datapath)
 
@@ -95,8 +112,39 @@ class Agent:
         return SnatConfig(node.instance.primary_ip, self.config.vpc_cidrs,
                           self.config.snat_excluded_cidrs, True)
 
+    # ---- hooks for the Kubernetes bridge ---------------------------------------------------
+
+    def set_cordoned(self, cordoned: bool) -> None:
+        self._cordoned = cordoned
+        if self.pool is not None:
+            self.pool.set_cordoned(cordoned)
+
+    def apply_config(self, config: AgentConfig) -> None:
+        """A later per-node configuration: pool targets apply at once; what shapes the node
+        (instance, subnets, groups, mode, datapath, pod CIDR, paths) needs a restart."""
+        fixed = ("instance_id", "subnets", "security_groups", "mode", "datapath", "pod_cidr",
+                 "socket_path", "state_path", "cluster")
+        changed = [k for k in fixed if getattr(config, k) != getattr(self.config, k)]
+        if changed:
+            logger.warning("the API server changed %s; restart the agent to apply",
+                           ", ".join(changed))
+            return
+        self.config = config
+        if self.service is not None:
+            self.service.config = config
+        if self.pool is not None:
+            self.pool.apply_config(config)
+        logger.info("per-node configuration applied: warm_ips=%d min_ips=%d max_ips=%d",
+                    config.warm_ips, config.min_ips, config.max_ips)
+
+    def route_problem(self) -> str:
+        """Why this node's VPC route cannot be kept ("" when fine or not in vpc-route mode)."""
+        return getattr(self.pool, "route_problem", "") or ""
+
     def stop(self) -> None:
         self.stopping.set()
+        if self.observer is not None:
+            self.observer.stop()
         if self.socket is not None:
             self.socket.stop()
         close = getattr(self.cloud, "close", None)

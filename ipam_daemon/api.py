@@ -54,11 +54,15 @@ def _string(body: dict, name: str, *, required: bool = True, empty_ok: bool = Fa
     return value
 
 
-def _check_api(body: dict) -> None:
+def _check_api(body: dict, *, newer_ok: bool = False) -> None:
+    """API_VERSION and one back; a DEL (``newer_ok``) also one ahead: during a rollout a
+    newer executable's DEL must still release what this agent holds."""
     api = body.get("api")
     if not isinstance(api, int) or isinstance(api, bool):
         raise RequestError(Code.INVALID_CONFIG, f"field 'api' must be an integer"
                            f" (this agent speaks {API_VERSION})")
+    if newer_ok and api == API_VERSION + 1:
+        return
     if api > API_VERSION or api < API_VERSION - 1:
         raise RequestError(Code.INCOMPATIBLE_VERSION, f"api version {api} not supported"
                            f" (this agent speaks {API_VERSION - 1}..{API_VERSION})")
@@ -86,7 +90,7 @@ def parse_attach(body: dict) -> AttachCall:
 
 
 def parse_detach(body: dict) -> DetachCall:
-    _check_api(body)
+    _check_api(body, newer_ok=True)
     return DetachCall(_key(body), _string(body, "netns", required=False))
 
 

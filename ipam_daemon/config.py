@@ -20,8 +20,20 @@ Defaults, and why they differ from AWS VPC CNI's:
   addresses, and idle addresses are freed only above ``warm_ips + batch_size``: churn of a
   few pods costs no cloud call, and a node idles on at most warm + batch addresses.
 
-Per-node overrides (from Kubernetes later) go through :func:`apply_overrides`, which
-validates exactly as the file does.
+Per-node overrides (from Kubernetes) go through :func:`apply_overrides`, which validates
+exactly as the file does.
+
+Kubernetes (``kubernetes``): ``off`` (default: demo, tests), ``in-cluster`` (the pod's
+service account), ``kubeconfig`` (``kubeconfig`` names the file) or ``host`` (``kube_host``,
+a plain URL: the tests' fake API server). The node name comes from ``node_name``,
+``UNDERLAY_NODE_NAME`` or ``NODE_NAME`` (the downward API's usual name). At boot the agent
+waits at most ``kube_boot_wait`` seconds for the API server, then starts from this file.
+
+Mode (``mode``): ``eni`` (default: pods get ENI secondary addresses) or ``vpc-route``
+(pods get addresses of the node's pod CIDR, ``pod_cidr`` or the Node's ``spec.podCIDR``,
+carried by a VPC route ``pod_cidr -> primary ENI`` in ``route_tables``, or in the tables
+associated with the node's subnet when empty). ``cluster_cidr`` bounds the routes the sweep
+may delete: routes outside it are never touched.
 """
 from __future__ import annotations
 
@@ -39,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "UNDERLAY_"
 DATAPATHS = ("veth", "ipvlan", "none")
+MODES = ("eni", "vpc-route")
+KUBE_SOURCES = ("off", "in-cluster", "kubeconfig", "host")
 
 
 class ConfigError(ValueError):
@@ -81,6 +95,27 @@ class AgentConfig:
     cloud_timeout: float = 10.0  # per request; a call with its retries gives up after 3x
     max_backoff: float = 30.0  # longest pause of the pool loop after throttling or 5xx
     log_level: str = "INFO"
+    # Kubernetes
+    kubernetes: str = "off"
+    kubeconfig: str = ""
+    kube_host: str = ""
+    kube_timeout: float = 10.0
+    kube_boot_wait: float = 10.0
+    kube_gc_grace: float = 60.0
+    kube_gc_interval: float = 30.0
+    kube_status_interval: float = 10.0
+    kube_event_interval: float = 60.0
+    # route-table mode
+    mode: str = "eni"
+    pod_cidr: str = ""
+    cluster_cidr: str = ""
+    route_tables: tuple[str, ...] = ()
+    route_sweep_interval: float = 60.0
+    route_table_limit: int = 50  # for messages: EC2's default routes per table
+
+    @property
+    def vpc_route(self) -> bool:
+        return self.mode == "vpc-route"
 
     @property
     def ipam_only(self) -> bool:
@@ -89,11 +124,13 @@ class AgentConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
 _INT_KEYS = {"warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_size", "mtu",
-             "status_port"}
+             "status_port", "route_table_limit"}
 _FLOAT_KEYS = {"cooldown_seconds", "pool_interval", "shrink_interval", "reconcile_interval",
                "eni_min_age", "leaked_eni_age", "leaked_eni_interval", "borrow_wait_seconds",
-               "subnet_full_backoff", "cloud_timeout", "max_backoff"}
-_LIST_KEYS = {"subnets", "security_groups", "snat_excluded_cidrs", "vpc_cidrs"}
+               "subnet_full_backoff", "cloud_timeout", "max_backoff", "kube_timeout",
+               "kube_boot_wait", "kube_gc_grace", "kube_gc_interval", "kube_status_interval",
+               "kube_event_interval", "route_sweep_interval"}
+_LIST_KEYS = {"subnets", "security_groups", "snat_excluded_cidrs", "vpc_cidrs", "route_tables"}
 _BOOL_KEYS = {"snat"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -161,6 +198,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         key = name[len(ENV_PREFIX):].lower()
         if key in _FIELDS:
             values[key] = text
+    if not values.get("node_name") and (env or {}).get("NODE_NAME"):
+        values["node_name"] = (env or {})["NODE_NAME"]
     coerced = {k: _coerce(k, v) for k, v in values.items()}
     config = AgentConfig(**coerced)
     validate_config(config)
@@ -206,6 +245,51 @@ def validate_config(c: AgentConfig) -> None:
         _require(sub.startswith("subnet-"), "subnets", sub, "expected a subnet id (subnet-...)")
     for sg in c.security_groups:
         _require(sg.startswith("sg-"), "security_groups", sg, "expected a group id (sg-...)")
+    _validate_kube(c)
+    _validate_route_mode(c)
+
+
+def _validate_kube(c: AgentConfig) -> None:
+    _require(c.kubernetes in KUBE_SOURCES, "kubernetes", c.kubernetes,
+             f"must be one of {KUBE_SOURCES}")
+    if c.kubernetes == "off":
+        return
+    _require(bool(c.node_name), "node_name", c.node_name,
+             "required with kubernetes on (set it, UNDERLAY_NODE_NAME or NODE_NAME)")
+    if c.kubernetes == "kubeconfig":
+        _require(bool(c.kubeconfig), "kubeconfig", c.kubeconfig,
+                 "required with kubernetes=kubeconfig (a file path)")
+    if c.kubernetes == "host":
+        _require(c.kube_host.startswith(("http://", "https://")), "kube_host", c.kube_host,
+                 "required with kubernetes=host (http(s)://host:port)")
+    _require(c.kube_timeout > 0, "kube_timeout", c.kube_timeout, "must be > 0 seconds")
+
+
+def _cidr(key: str, value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: not an IPv4 CIDR with its host bits clear"
+                          " (e.g. 10.244.1.0/24)") from None
+
+
+def _validate_route_mode(c: AgentConfig) -> None:
+    _require(c.mode in MODES, "mode", c.mode, f"must be one of {MODES}")
+    _require(c.route_table_limit >= 1, "route_table_limit", c.route_table_limit, "must be >= 1")
+    for table in c.route_tables:
+        _require(table.startswith("rtb-"), "route_tables", table,
+                 "expected a route table id (rtb-...)")
+    cluster = _cidr("cluster_cidr", c.cluster_cidr) if c.cluster_cidr else None
+    if c.pod_cidr:
+        pod = _cidr("pod_cidr", c.pod_cidr)
+        _require(16 <= pod.prefixlen <= 29, "pod_cidr", c.pod_cidr,
+                 "prefix must be /16../29 (addresses are carved locally)")
+        if cluster is not None:
+            _require(pod.subnet_of(cluster), "pod_cidr", c.pod_cidr,
+                     f"must lie inside cluster_cidr={c.cluster_cidr}")
+    if c.vpc_route:
+        _require(c.datapath in ("veth", "none"), "datapath", c.datapath,
+                 "mode vpc-route routes pods in the main table: veth (or none)")
 
 
 def load_config(path: str | os.PathLike[str] | None,

@@ -1,4 +1,8 @@
-"""``underlay-agent --config PATH``: run the node agent until SIGTERM/SIGINT."""
+"""``underlay-agent --config PATH``: run the node agent until SIGTERM/SIGINT.
+
+With ``kubernetes`` on, the Kubernetes bridge starts first: node identity from the Node's
+providerID and the per-node override (a bounded wait; an unreachable API server means the
+configuration file as it is), then the agent with the merged configuration."""
 from __future__ import annotations
 
 import argparse
@@ -27,15 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stop = threading.Event()
-    agent = Agent(config)
+    agent: Agent | None = None
 
     def on_signal(signum: int, _frame) -> None:
         logger.info("signal %d: stopping", signum)
         stop.set()
-        agent.stopping.set()
+        if agent is not None:
+            agent.stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    bridge = None
+    if config.kubernetes != "off":
+        from ipam_daemon.kube_bridge import KubeBridge
+
+        try:
+            bridge = KubeBridge(config)
+        except ValueError as exc:
+            logger.error("kubernetes: %s", exc)
+            return 2
+        config = bridge.start(stop)
+        if stop.is_set():
+            bridge.stop()
+            return 0
+    agent = Agent(config, observer=bridge)
+    if stop.is_set():
+        agent.stopping.set()
     try:
         agent.start()
     except (ValueError, RuntimeError) as exc:

@@ -89,6 +89,14 @@ class Pool:
         self._cordoned = cordoned
         self._wake.set()
 
+    def apply_config(self, config: AgentConfig) -> None:
+        """New pool targets (a per-node override that arrived after boot)."""
+        self.config = config
+        self.targets = Targets(config.warm_ips, config.min_ips, config.max_ips,
+                               config.warm_enis, config.max_enis, config.batch_size,
+                               config.eni_min_age)
+        self._wake.set()
+
     def wake(self) -> None:
         """A borrow took the pool below target, or found it empty: act now."""
         self._wake.set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cni.datapath import DatapathError, Mode, PodSpec
@@ -61,10 +62,27 @@ class Service:
         self.wiring = wiring
         self.metrics = metrics
         self._monotonic = monotonic
+        # (pod, CniError) -> None, called when an attach fails; the Kubernetes bridge turns
+        # it into a Warning event on the pod. Must not block.
+        self.on_attach_failure: Callable[[PodInfo, CniError], None] | None = None
 
     # ---- attach ---------------------------------------------------------------------------
 
     def attach(self, call: AttachCall) -> dict:
+        try:
+            return self._attach(call)
+        except CniError as exc:
+            if self.on_attach_failure is not None:
+                try:
+                    self.on_attach_failure(call.pod, exc)
+                except Exception:
+                    logger.exception("reporting the failed attach of %s", call.key.container_id)
+            raise
+
+    def _attach(self, call: AttachCall) -> dict:
+        if not self.pool.reconciled.is_set():
+            raise CniError(Code.TRY_AGAIN_LATER, "agent not ready: first reconcile with the"
+                           " cloud pending; try again later")
         if not self.config.ipam_only and call.mode != self.config.datapath:
             raise CniError(Code.INVALID_CONFIG, f"mode {call.mode!r} requested but this agent"
                            f" runs the {self.config.datapath} datapath")

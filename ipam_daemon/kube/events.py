@@ -31,6 +31,7 @@ class Reason(str, enum.Enum):
     CLOUD_THROTTLED = "CloudThrottled"
     CLOUD_PERMISSION_DENIED = "CloudPermissionDenied"
     AGENT_NOT_READY = "AgentNotReady"
+    ROUTE_TABLE_FULL = "RouteTableFull"  # vpc-route mode: the node's route cannot be added
 
 
 def reason_for_cloud_error(exc: BaseException) -> Reason | None:
@@ -61,6 +62,8 @@ def describe(reason: Reason, *, free_addresses: int | None = None, subnet: str =
         parts.append("the cloud API is throttling this account (RequestLimitExceeded)")
     elif reason is Reason.CLOUD_PERMISSION_DENIED:
         parts.append("the node's cloud role lacks a permission")
+    elif reason is Reason.ROUTE_TABLE_FULL:
+        parts.append("the VPC route table has no room for this node's pod CIDR")
     else:
         parts.append("the underlay agent is not ready")
     if ips_assigned is not None and ips_capacity is not None:

@@ -1,6 +1,7 @@
 """Who this node is and how it is configured, from its Node object.
 
-- The instance id comes from ``spec.providerID`` (``aws:///<zone>/<instance id>``).
+- The instance id comes from ``spec.providerID`` (``aws:///<zone>/<instance id>``), the
+  pod CIDR (vpc-route mode) from ``spec.podCIDR`` when the Node has one.
 - A node label (default ``underlay.io/config``) may name a ConfigMap in the agent's
   namespace; its ``config.json`` key (a JSON object; other keys are taken one by one, each
   value JSON or a plain string) is merged over the base configuration dict and validated by
@@ -109,6 +110,8 @@ def identity_from_node(node: Obj, base_config: Mapping[str, Any], config_map: Ob
         config = merge_override(base_config, read_override_data(config_map))
     config["instance_id"] = instance_id
     config["node_name"] = name
+    if spec.get("podCIDR"):  # vpc-route mode carves pod addresses from it
+        config["pod_cidr"] = spec["podCIDR"]
     try:
         validate(config)
     except ValueError as exc:

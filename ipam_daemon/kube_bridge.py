@@ -1,0 +1,193 @@
+"""Between the agent and :mod:`ipam_daemon.kube`: identity and per-node configuration at
+boot, pod GC through the agent's one release path, Warning events on attach failures and on
+pool trouble, the node's IP condition and annotations, cordon, and (vpc-route mode) the
+deletion of other Nodes.
+
+Nothing here blocks an attach: events and status go through the kube module's queues, and
+the figures are read by this module's own thread (``kube-bridge``), once a second.
+
+    bridge = KubeBridge(config)          # config.kubernetes != "off"
+    config = bridge.start(stop)          # bounded wait; the merged, validated configuration
+    agent = Agent(config, observer=bridge)   # the agent calls bridge.bind(agent) and stop()
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from cni.spec import CniError, Code
+
+from ipam_daemon.config import AgentConfig, ConfigError, parse_config
+from ipam_daemon.kube import IPStatus, KubeIntegration, KubeSettings, NodeIdentity, Reason
+
+if TYPE_CHECKING:
+    from ipam_daemon.agent import Agent
+
+logger = logging.getLogger(__name__)
+
+REASON_BY_CODE = {
+    Code.SUBNET_EXHAUSTED: Reason.SUBNET_EXHAUSTED,
+    Code.ENI_LIMIT_REACHED: Reason.ENI_LIMIT_REACHED,
+    Code.CLOUD_THROTTLED: Reason.CLOUD_THROTTLED,
+    Code.CLOUD_PERMISSION_DENIED: Reason.CLOUD_PERMISSION_DENIED,
+    Code.TRY_AGAIN_LATER: Reason.AGENT_NOT_READY,
+}
+PUBLISH_EVERY = 1.0  # seconds between reads of the pool's figures (the module rate-limits)
+
+
+def kube_settings(config: AgentConfig) -> KubeSettings:
+    source = {"in-cluster": {"in_cluster": True}, "kubeconfig": {"kubeconfig": config.kubeconfig},
+              "host": {"host": config.kube_host}}[config.kubernetes]
+    return KubeSettings(node_name=config.node_name, request_timeout=config.kube_timeout,
+                        connect_timeout=min(3.0, config.kube_timeout),
+                        boot_wait_seconds=config.kube_boot_wait,
+                        gc_grace_seconds=config.kube_gc_grace, gc_interval=config.kube_gc_interval,
+                        event_interval=config.kube_event_interval,
+                        status_min_interval=config.kube_status_interval, **source)
+
+
+def base_config_of(config: AgentConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(config).items()}
+
+
+def pool_message(summary: dict) -> str:
+    """The numbers a reader needs: free addresses, ENIs used of max, assigned of capacity."""
+    return (f"{summary['available']} free addresses, {summary['enis']} of {summary['max_enis']}"
+            f" ENIs used, {summary['assigned']} of {summary['capacity']} pod IPs assigned")
+
+
+def ip_status_of(summary: dict, route_problem: str = "") -> IPStatus:
+    """The node condition: False when a new pod cannot get an address now (nothing free and
+    the pool is blocked, or the node's route cannot be kept), True otherwise."""
+    blocked = summary.get("blocked")
+    capacity, assigned, warm = summary["capacity"], summary["assigned"], summary["available"]
+    if route_problem:
+        return IPStatus(capacity, assigned, warm, False, "RouteTableFull", route_problem)
+    if not summary.get("ready", True):
+        return IPStatus(capacity, assigned, warm, False, Reason.AGENT_NOT_READY.value,
+                        "the underlay agent is reconciling")
+    if warm == 0 and (blocked is not None or assigned >= capacity):
+        reason = REASON_BY_CODE.get(Code(blocked["code"])) if blocked else None
+        return IPStatus(capacity, assigned, warm, False,
+                        reason.value if reason else "PoolExhausted",
+                        f"no free pod IP: {pool_message(summary)}"
+                        + (f"; {blocked['msg']}" if blocked else ""))
+    return IPStatus(capacity, assigned, warm, True)
+
+
+class KubeBridge:
+    def __init__(self, config: AgentConfig, *, integration: KubeIntegration | None = None) -> None:
+        self.config = config
+        self.agent: Agent | None = None
+        self._identity_changed = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_blocked: Any = None
+        self.on_node_deleted: Callable[[dict], None] | None = None  # vpc-route mode
+        self.kube = integration or KubeIntegration(
+            kube_settings(config), base_config_of(config),
+            list_allocations=self._allocation_rows, release=self._release,
+            on_identity=self._identity_seen, on_cordon=self._cordon)
+
+    # ---- boot -----------------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> AgentConfig:
+        """Identity (bounded wait), then the merged configuration. Without an instance id
+        (no providerID yet and none configured) wait for the catch-up, until ``stop``."""
+        identity = self.kube.start()
+        while not identity.instance_id:
+            logger.warning("node %s: no instance id yet (no spec.providerID, no instance_id in"
+                           " the configuration); waiting for the API server", identity.node_name)
+            self._identity_changed.wait(5.0)
+            self._identity_changed.clear()
+            if stop.is_set():
+                return self.config
+            identity = self.kube.identity or identity
+        self.config = self._config_of(identity) or self.config
+        return self.config
+
+    def _config_of(self, identity: NodeIdentity) -> AgentConfig | None:
+        try:
+            return parse_config(dict(identity.config), {})
+        except ConfigError as exc:
+            logger.error("node %s: configuration from %s is invalid (%s); keeping the current one",
+                         identity.node_name, identity.source, exc)
+            return None
+
+    # ---- the agent ------------------------------------------------------------------------
+
+    def bind(self, agent: Agent) -> None:
+        """Called by the agent once its service and pool exist (before it serves)."""
+        self.agent = agent
+        agent.service.on_attach_failure = self.attach_failed
+        agent.set_cordoned(self.kube.cordoned)
+        self._thread = threading.Thread(target=self._run, name="kube-bridge", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self.kube.stop()
+
+    def attach_failed(self, pod: Any, exc: CniError) -> None:
+        """A Warning event on the pod, with the numbers; never blocks."""
+        reason = REASON_BY_CODE.get(exc.code)
+        if reason is None or not pod.name or self.agent is None or self.agent.service is None:
+            return
+        summary = self.agent.service.pool_summary()
+        self.kube.warn_pod(pod.namespace or "default", pod.name, pod.uid, reason,
+                           f"{exc.msg} ({pool_message(summary)})")
+
+    # ---- callbacks from the kube module ---------------------------------------------------
+
+    def _allocation_rows(self) -> list[tuple]:
+        service = self.agent.service if self.agent else None
+        return service.allocation_rows() if service is not None else []
+
+    def _release(self, key: Any) -> None:
+        service = self.agent.service if self.agent else None
+        if service is not None:
+            service.release_key(key, "pod gone from the API server")
+
+    def _cordon(self, cordoned: bool) -> None:
+        if self.agent is not None:
+            self.agent.set_cordoned(cordoned)
+
+    def _identity_seen(self, identity: NodeIdentity) -> None:
+        self._identity_changed.set()
+        if self.agent is None:
+            return
+        fresh = self._config_of(identity)
+        if fresh is not None and fresh != self.config:
+            self.agent.apply_config(fresh)
+            self.config = fresh
+
+    # ---- figures -> condition, annotations, Node events -----------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(PUBLISH_EVERY):
+            try:
+                self.publish_once()
+            except Exception:  # the loop outlives a bug in one pass
+                logger.exception("kube bridge: publishing the pool's figures failed")
+
+    def publish_once(self) -> None:
+        agent = self.agent
+        if agent is None or agent.service is None:
+            return
+        summary = agent.service.pool_summary()
+        route_problem = agent.route_problem()
+        self.kube.publish_ip_status(ip_status_of(summary, route_problem))
+        blocked = summary.get("blocked")
+        key = (blocked and blocked["code"], route_problem)
+        if key != self._last_blocked:
+            self._last_blocked = key
+            if route_problem:
+                self.kube.warn_node(Reason.ROUTE_TABLE_FULL, route_problem)
+            elif blocked is not None and REASON_BY_CODE.get(Code(blocked["code"])):
+                self.kube.warn_node(REASON_BY_CODE[Code(blocked["code"])],
+                                    f"{blocked['msg']} ({pool_message(summary)})")
