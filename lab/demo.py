@@ -7,6 +7,7 @@ after the run and is removed at the end, also on Ctrl-C or SIGTERM (after a hard
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from cloud.emulator import cleanup
+from cloud.emulator.addresses import usable_range
 from cloud.emulator.fabric_plan import name_router_link
 from cloud.emulator.harness import Cluster, Pod
 from ipam_daemon.cli import fetch_pool, format_pool
@@ -41,13 +43,17 @@ underlay demo: pods with real VPC addresses, no overlay.
   underlay CNI plugin, which asks the node's agent for an address from its warm pool.
 """
 
-OUTRO = """\
+OUTRO_ADDRESSES = """\
 What you saw: each pod's address is a secondary private IP the agent assigned on one of its
-node's ENIs through the EC2 API. A t3.small ENI holds 3 of them, so for each node's fourth
-pod the agent created and attached a second ENI (eth1; the pool tables show both). Pings between nodes went pod -> node -> the ENI that owns the
-pod's IP -> VPC router -> the ENI of the destination node -> pod, with the pods' own
-addresses: no tunnel, no NAT. The router only routes addresses the cloud assigned and drops
-packets whose source the ENI does not own (EC2's source/destination check).
+node's ENIs through the EC2 API."""
+OUTRO_SECOND_ENI = """ A t3.small ENI holds 3 of them, so each node's fourth
+pod got its address on a second ENI (eth1) that the agent created and attached through EC2
+(the pool tables show both)."""
+OUTRO_PATH = """
+Pings between nodes went pod -> node -> the ENI that owns the pod's IP -> VPC router -> the
+ENI of the destination node -> pod, with the pods' own addresses: no tunnel, no NAT. The
+router routes only addresses the cloud assigned and drops packets whose source the ENI does
+not own (EC2's source/destination check): the forged address got no reply.
 """
 
 
@@ -102,6 +108,41 @@ def list_leftovers(prefix: str) -> list[str]:
     return left
 
 
+def pick_unassigned(cluster: Cluster, subnet_id: str) -> str:
+    """The highest usable address of the subnet that no ENI or instance holds."""
+    assert cluster.cloud is not None
+    snapshot = cluster.cloud.snapshot()
+    cidr = next(s["cidr"] for s in snapshot["subnets"] if s["id"] == subnet_id)
+    used = {ip for eni in snapshot["enis"] for ip in eni["ips"]}
+    used |= {i["private_ip"] for i in snapshot["instances"]}
+    return next(str(ipaddress.IPv4Address(a)) for a in reversed(usable_range(cidr))
+                if str(ipaddress.IPv4Address(a)) not in used)
+
+
+def show_source_check(cluster: Cluster, pod: Pod, target: Pod) -> bool:
+    """Give ``pod`` an address the cloud never assigned and ping: the VPC router drops it.
+    True when it was dropped; the pod gets its own address back either way."""
+    forged = pick_unassigned(cluster, pod.node.subnet_id)
+    say(f"Source/destination check: {pod.name} takes {forged} (never assigned by the cloud) "
+        f"instead of {pod.ip}:")
+    try:
+        cluster.exec_in(pod, ["ip", "addr", "add", f"{forged}/32", "dev", pod.ifname])
+        cluster.exec_in(pod, ["ip", "addr", "del", f"{pod.ip}/32", "dev", pod.ifname])
+        proc = cluster.exec_in(pod, ["busybox", "ping", "-c", "1", "-W", "1", target.ip],
+                               check=False)
+    finally:
+        cluster.exec_in(pod, ["ip", "addr", "add", f"{pod.ip}/32", "dev", pod.ifname],
+                        check=False)
+        cluster.exec_in(pod, ["ip", "addr", "del", f"{forged}/32", "dev", pod.ifname],
+                        check=False)
+    dropped = proc.returncode != 0
+    say(f"  {pod.name} {forged} -> {target.name} {target.ip}: "
+        + ("no reply (the VPC router drops sources their ENI does not own)" if dropped else "REPLY (check not enforced)"))
+    ok, line = ping_line(cluster, pod, target)
+    say(f"  with its own address again:\n{line}\n")
+    return dropped and ok
+
+
 def run_demo(pods_per_node: int, prefix: str) -> int:
     say(INTRO)
     started = time.monotonic()
@@ -127,11 +168,12 @@ def run_demo(pods_per_node: int, prefix: str) -> int:
                 failures += not ok
                 say(line + ("" if ok else "  FAILED"))
         say()
+        failures += not show_source_check(cluster, right[0], left[0])
         for node in cluster.nodes:
             say(f"underlay-status on {node.name}:")
             say(format_pool(fetch_pool(None, node.socket_path)))
             say()
-        say(OUTRO)
+        say(OUTRO_ADDRESSES + (OUTRO_SECOND_ENI if pods_per_node >= 4 else "") + OUTRO_PATH)
         say("Cleaning up: pods (libcni DEL), agents, namespaces ...")
         for pod in pods:
             cluster.del_pod(pod)
@@ -141,7 +183,7 @@ def run_demo(pods_per_node: int, prefix: str) -> int:
     else:
         say(f"Done in {time.monotonic() - started:.1f}s; nothing of the run ({prefix}-*) is left.")
     if failures:
-        say(f"{failures} pings failed")
+        say(f"{failures} checks failed")
     return 0 if not failures and not left else 1
 
 
