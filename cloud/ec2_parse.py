@@ -134,4 +134,5 @@ def parse_route_table(doc: Doc) -> RouteTable:
         routes=routes,
         subnet_ids=subnets,
         tags=parse_tags(doc.get("Tags")),
+        main=any(bool(a.get("Main")) for a in doc.get("Associations") or ()),
     )

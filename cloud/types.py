@@ -109,3 +109,4 @@ class RouteTable:
     routes: tuple[Route, ...] = ()
     subnet_ids: tuple[SubnetId, ...] = ()
     tags: tuple[tuple[str, str], ...] = field(default=())
+    main: bool = False  # the VPC's main table: it serves subnets without an association

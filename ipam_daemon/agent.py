@@ -109,8 +109,10 @@ class Agent:
                 logger.warning("snat is on but vpc_cidrs is empty: SNAT is NOT installed (set"
                                " vpc_cidrs to the VPC's CIDR blocks)")
             return None
-        return SnatConfig(node.instance.primary_ip, self.config.vpc_cidrs,
-                          self.config.snat_excluded_cidrs, True)
+        excluded = self.config.snat_excluded_cidrs
+        if self.config.vpc_route and self.config.cluster_cidr:
+            excluded += (self.config.cluster_cidr,)  # pod to pod keeps its source address
+        return SnatConfig(node.instance.primary_ip, self.config.vpc_cidrs, excluded, True)
 
     # ---- hooks for the Kubernetes bridge ---------------------------------------------------
 

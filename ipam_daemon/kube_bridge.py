@@ -21,6 +21,7 @@ from cni.spec import CniError, Code
 
 from ipam_daemon.config import AgentConfig, ConfigError, parse_config
 from ipam_daemon.kube import IPStatus, KubeIntegration, KubeSettings, NodeIdentity, Reason
+from ipam_daemon.kube.watcher import Watcher
 
 if TYPE_CHECKING:
     from ipam_daemon.agent import Agent
@@ -86,6 +87,7 @@ class KubeBridge:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_blocked: Any = None
+        self._nodes: Watcher | None = None
         self.on_node_deleted: Callable[[dict], None] | None = None  # vpc-route mode
         self.kube = integration or KubeIntegration(
             kube_settings(config), base_config_of(config),
@@ -126,12 +128,27 @@ class KubeBridge:
         agent.set_cordoned(self.kube.cordoned)
         self._thread = threading.Thread(target=self._run, name="kube-bridge", daemon=True)
         self._thread.start()
+        if agent.config.vpc_route:
+            self._nodes = Watcher(self.kube.api, self.kube.api.core.list_node, self._node_event,
+                                  name="all-nodes").start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._nodes is not None:
+            self._nodes.stop()
         if self._thread is not None:
             self._thread.join(5.0)
         self.kube.stop()
+
+    def _node_event(self, kind: str, node: dict) -> None:
+        """vpc-route mode: a deleted Node's route goes, whichever agent notices first."""
+        if kind != "DELETED" or self.agent is None:
+            return
+        name = (node.get("metadata") or {}).get("name", "")
+        cidr = (node.get("spec") or {}).get("podCIDR", "")
+        forget = getattr(self.agent.pool, "forget_node", None)
+        if cidr and name != self.config.node_name and forget is not None:
+            forget(cidr, name)
 
     def attach_failed(self, pod: Any, exc: CniError) -> None:
         """A Warning event on the pod, with the numbers; never blocks."""

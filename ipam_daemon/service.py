@@ -158,7 +158,8 @@ class Service:
         link = eni_link(eni, self.config.mtu)
         return PodSpec(allocation.key.container_id, allocation.key.ifname, netns or
                        allocation.pod.netns, allocation.ip, link, Mode(self.config.datapath),
-                       mtu or self.config.mtu, allocation.pod.namespace, allocation.pod.name)
+                       mtu or self.config.mtu, allocation.pod.namespace, allocation.pod.name,
+                       policy_routing=not self.config.vpc_route)
 
     def _result(self, call: AttachCall, allocation: Allocation, wired) -> dict:
         ipvlan = self.config.datapath == "ipvlan"
@@ -264,7 +265,11 @@ class Service:
         if self.config.max_ips:
             capacity = min(capacity, self.config.max_ips)
         blocked = self.pool.blocked
-        return {
+        route: dict = {}
+        if self.config.vpc_route:
+            route = {"pod_cidr": self.config.pod_cidr,
+                     "route_problem": getattr(self.pool, "route_problem", "") or None}
+        return route | {
             "capacity": capacity,
             "total": sum(u.total for u in usage),
             "assigned": sum(u.assigned for u in usage),

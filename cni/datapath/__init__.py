@@ -64,6 +64,9 @@ class PodSpec:
     mtu: int = 9001
     pod_namespace: str = ""
     pod_name: str = ""
+    # False in vpc-route mode: the pod's traffic follows the main table (no rules, no ENI
+    # table); ``eni`` then only names the node's primary ENI
+    policy_routing: bool = True
 
     @property
     def host_ifname(self) -> str:

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 POD_PRIORITIES = (RULE_PRIO_TO_POD, RULE_PRIO_FROM_POD)
 
 
-def pod_rules(pod: PodSpec) -> tuple[Rule, Rule]:
+def pod_rules(pod: PodSpec) -> tuple[Rule, ...]:
+    if not pod.policy_routing:
+        return ()  # vpc-route mode: the main table routes the pod both ways
     return (Rule(priority=RULE_PRIO_TO_POD, table=MAIN_TABLE, dst=pod.pod_ip),
             Rule(priority=RULE_PRIO_FROM_POD, table=pod.eni.table, src=pod.pod_ip))
 

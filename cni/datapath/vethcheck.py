@@ -46,7 +46,7 @@ def _check_host(ipr: Any, pod: PodSpec) -> tuple[list[str], str | None, int | No
     for rule in pod_rules(pod):
         if rule not in present:
             problems.append(f"{rule.describe()} missing")
-    if not any(dst == "0.0.0.0" and plen == 0 and gw == pod.eni.gateway
+    if pod.policy_routing and not any(dst == "0.0.0.0" and plen == 0 and gw == pod.eni.gateway
                for dst, plen, gw, _ in _routes(ipr, pod.eni.table)):
         problems.append(f"table {pod.eni.table} has no default via {pod.eni.gateway} "
                         "(ENI link not ensured?)")

@@ -20,7 +20,8 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     Rule("", "nodes", ("get",), "node identity: spec.providerID and the override label"),
-    Rule("", "nodes", ("list", "watch"), "cordon detection and identity catch-up (this node only)"),
+    Rule("", "nodes", ("list", "watch"), "cordon detection and identity catch-up (this node);"
+         " vpc-route mode: deleted Nodes (all nodes), to remove their routes"),
     Rule("", "nodes", ("patch",), "IP capacity annotations (merge patch)"),
     Rule("", "nodes/status", ("patch",), "the UnderlayIPAvailable condition (strategic merge patch)"),
     Rule("", "pods", ("list", "watch"), "pod garbage collection (spec.nodeName=<this node>)"),
