@@ -1,8 +1,8 @@
 """End to end across the emulated VPC with 3 nodes: real agents in node namespaces, pods
 made by libcni, real packets through the VPC router that follows the emulated cloud.
 
-Nodes are t3.small (3 ENIs x 4 addresses), so a node's fourth pod lands on a secondary
-ENI. Two /26 subnets: node 0 and node 2 share the first, node 1 is in the second. SNAT is
+Nodes are m5.large (3 ENIs x 10 addresses): node 0 gets ten pods, the tenth on a secondary
+ENI (the agent hands out addresses from the lowest device index first). Two /26 subnets: node 0 and node 2 share the first, node 1 is in the second. SNAT is
 on (the VPC CIDR is excluded, as a real deployment configures it), so pod-to-pod traffic
 must keep the pod's own address."""
 from __future__ import annotations
@@ -33,21 +33,24 @@ pytestmark = pytest.mark.timeout(240)
 VPC_CIDR = "10.0.0.0/16"
 AGENT = {"warm_ips": 1, "batch_size": 1, "cooldown_seconds": 1.0, "eni_min_age": 2.0,
          "vpc_cidrs": [VPC_CIDR]}
+# node 2 (node B of the reuse test) may not attach ENIs: all its growth is assignments
+AGENT_NODE2 = dict(AGENT, max_enis=1)
+SECONDARY = "a9"  # node 0's tenth pod, on its second ENI
 PAYLOAD = 256 * 1024
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with Cluster(nodes=3, instance_type="t3.small", vpc_cidr=VPC_CIDR,
+    with Cluster(nodes=3, instance_type="m5.large", vpc_cidr=VPC_CIDR,
                  subnet_cidrs=("10.0.0.0/26", "10.0.1.0/26")) as made:
         for node in made.nodes:
-            made.run_agent(node, AGENT)
+            made.run_agent(node, AGENT_NODE2 if node.index == 2 else AGENT)
         yield made
 
 
 @pytest.fixture(scope="module")
 def pods(cluster: Cluster) -> dict[str, Pod]:
-    made = {f"a{i}": cluster.add_pod(0, f"a{i}") for i in range(4)}
+    made = {f"a{i}": cluster.add_pod(0, f"a{i}") for i in range(10)}
     made["b0"] = cluster.add_pod(1, "b0")
     made["c0"] = cluster.add_pod(2, "c0")
     return made
@@ -57,9 +60,9 @@ def test_pods_on_primary_and_secondary_enis_talk_across_nodes_both_ways(
         cluster: Cluster, pods: dict[str, Pod]) -> None:
     node0 = cluster.nodes[0]
     assert eni_of_pod(cluster, pods["a0"]) == node0.primary_eni_id
-    assert eni_of_pod(cluster, pods["a3"]) != node0.primary_eni_id  # the fourth pod: eth1
+    assert eni_of_pod(cluster, pods[SECONDARY]) != node0.primary_eni_id
     assert len({p.ip for p in pods.values()}) == len(pods)
-    for left, right in (("a0", "b0"), ("a3", "b0"), ("a3", "c0"), ("a0", "c0")):
+    for left, right in (("a0", "b0"), (SECONDARY, "b0"), (SECONDARY, "c0"), ("a0", "c0")):
         x, y = pods[left], pods[right]
         assert reachable(cluster, x, y.ip), f"{left} cannot ping {right}"
         assert reachable(cluster, y, x.ip), f"{right} cannot ping {left}"
@@ -71,9 +74,9 @@ def test_pods_on_primary_and_secondary_enis_talk_across_nodes_both_ways(
 def test_traffic_leaves_through_the_eni_that_owns_the_source_ip(
         cluster: Cluster, pods: dict[str, Pod]) -> None:
     primary = cluster.nodes[0].primary_eni_id
-    secondary = eni_of_pod(cluster, pods["a3"])
+    secondary = eni_of_pod(cluster, pods[SECONDARY])
     for pod, owner, other in ((pods["a0"], primary, secondary),
-                              (pods["a3"], secondary, primary)):
+                              (pods[SECONDARY], secondary, primary)):
         before = {eni: router_link_bytes(cluster, eni) for eni in (owner, other)}
         tcp_exchange(cluster, pod, pods["b0"], PAYLOAD)
         after = {eni: router_link_bytes(cluster, eni) for eni in (owner, other)}
@@ -141,14 +144,16 @@ def test_a_released_ip_cools_down_goes_back_to_the_cloud_and_is_reused_on_anothe
         cluster: Cluster, pods: dict[str, Pod]) -> None:
     node_a, node_b = cluster.nodes[0], cluster.nodes[2]
     assert node_a.subnet_id == node_b.subnet_id
-    moved = pods["a3"]
+    moved = pods[SECONDARY]
     secondary = eni_of_pod(cluster, moved)
+    _, enis = cluster.agent_get(node_a, "/v1/enis")
+    ifname = f"eth{next(e['device_index'] for e in enis if e['id'] == secondary)}"
     router_link = name_router_link(secondary)
-    assert "eth1" in cluster.exec_in(node_a, ["ip", "-o", "link"]).stdout
-    # a3 (alone on the secondary ENI) and a0 go: once both addresses have cooled the
-    # secondary ENI is idle and not needed for the warm target, so the agent deletes it
-    cluster.del_pod(moved)
-    cluster.del_pod(pods["a0"])
+    assert ifname in cluster.exec_in(node_a, ["ip", "-o", "link"]).stdout
+    # the secondary ENI's pod and most of the primary's go (a6-a8 stay): once the addresses
+    # have cooled the secondary ENI is idle and not needed, so the agent deletes it
+    for name in (SECONDARY, "a0", "a1", "a2", "a3", "a4", "a5"):
+        cluster.del_pod(pods[name])
 
     def secondary_gone() -> bool:
         return not any(e["id"] == secondary for e in cluster.cloud.snapshot()["enis"])
@@ -157,19 +162,22 @@ def test_a_released_ip_cools_down_goes_back_to_the_cloud_and_is_reused_on_anothe
     # its address is back with the cloud, no longer routed, and the ENI's link is gone
     assert moved.ip not in cloud_holders(cluster)
     assert wait_until(lambda: router_route_dev(cluster, moved.ip) is None, 5.0)
-    assert wait_until(lambda: "eth1" not in cluster.exec_in(
+    assert wait_until(lambda: ifname not in cluster.exec_in(
         node_a, ["ip", "-o", "link"]).stdout, 5.0), "detached ENI's link still on node A"
     assert router_link not in cluster.exec_in(cluster.fabric.router,
                                               ["ip", "-o", "link"]).stdout
     assert all(p["ip"] != moved.ip for p in agent_pods(cluster, node_a))
+    # node A's agent stops, so nothing but node B can take addresses in the subnet now
+    cluster.stop_agent(node_a)
+    assert moved.ip not in cloud_holders(cluster)
 
     # the freed address is now the only free one in the subnet: node B's next grow gets it
-    # (its primary ENI has room, so the grow is one assignment, not a new ENI)
+    # (B may not attach ENIs and its primary ENI has room: the grow is one assignment)
     primary_b = next(e for e in agent_pool(cluster, node_b)["per_eni"] if e["primary"])
     assert primary_b["capacity"] > primary_b["free"] + primary_b["assigned"] + primary_b["cooling"]
     filler = fill_subnet_except(cluster, node_a.subnet_id, moved.ip)
     reused = None
-    for i in range(4):  # node B holds at most warm + batch idle addresses first
+    for i in range(primary_b["free"] + 2):  # B's idle addresses go first, then the new one
         pod = cluster.add_pod(node_b, f"r{i}")
         if pod.ip == moved.ip:
             reused = pod
@@ -181,7 +189,7 @@ def test_a_released_ip_cools_down_goes_back_to_the_cloud_and_is_reused_on_anothe
     assert wait_until(lambda: router_route_dev(cluster, moved.ip) == name_router_link(owner),
                       5.0)
     assert filler not in {h[0] for h in holders}
-    # reachable at its new home from both other nodes, TCP included
+    # reachable at its new home from the other two nodes (a pod and a node), TCP included
     assert reachable(cluster, pods["b0"], reused.ip)
-    assert reachable(cluster, pods["a1"], reused.ip)
+    assert reachable(cluster, pods["a8"], reused.ip)
     assert tcp_exchange(cluster, pods["b0"], reused, PAYLOAD) == pods["b0"].ip
