@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -37,7 +38,7 @@ from cloud.types import TAG_CLUSTER
 SEED = 20261129
 AGENT_OVERRIDES = {"cooldown_seconds": 0.5, "borrow_wait_seconds": 5.0, "snat": False,
                    "reconcile_interval": 2.0, "leaked_eni_age": 1.0,
-                   "leaked_eni_interval": 2.0, "log_level": "WARNING"}
+                   "leaked_eni_interval": 2.0}
 FAULTS = [{"action": "*", "kind": "throttle", "rate": 0.3},
           {"action": "*", "kind": "5xx", "rate": 0.05},
           {"action": "*", "kind": "timeout", "rate": 0.05, "seconds": 0.5}]
@@ -46,6 +47,7 @@ MAX_PODS_PER_NODE = 12
 SABOTAGE_EVERY = 5  # every 5th ADD loses its namespace while libcni runs
 STATE_TMPFS = "4m"
 SETTLE_SECONDS = 45.0
+FINAL_PODS_PER_NODE = 3
 
 
 @dataclass
@@ -83,20 +85,29 @@ def delete_netns_when_it_appears(netns: str, delay: float, stop: threading.Event
                        check=False)
 
 
+def try_delete(cluster: Cluster, pod: Pod, terminating: list[Pod], stats: Stats) -> None:
+    """DEL ``pod``; a failed DEL leaves it terminating, to be retried (as kubelet does)."""
+    try:
+        cluster.del_pod(pod)
+        stats.count("dels")
+    except HarnessError as exc:
+        terminating.append(pod)
+        stats.count("failed_dels", str(exc))
+
+
 def churn(cluster: Cluster, node: Node, rng: random.Random, stop: threading.Event,
-          stats: Stats) -> None:
-    """ADD and DEL pods on ``node`` until ``stop``; failed DELs are retried later."""
+          stats: Stats, terminating: list[Pod]) -> None:
+    """ADD and DEL pods on ``node`` until ``stop``. A pod whose DEL failed never comes back:
+    it stays in ``terminating`` and its DEL is retried first."""
     mine: list[Pod] = []
     serial = 0
     while not stop.is_set():
+        if terminating:
+            try_delete(cluster, terminating.pop(0), terminating, stats)
+            stop.wait(0.05)
+            continue
         if mine and (len(mine) >= MAX_PODS_PER_NODE or rng.random() < 0.4):
-            pod = mine.pop(rng.randrange(len(mine)))
-            try:
-                cluster.del_pod(pod)
-                stats.count("dels")
-            except HarnessError as exc:
-                mine.append(pod)
-                stats.count("failed_dels", str(exc))
+            try_delete(cluster, mine.pop(rng.randrange(len(mine))), terminating, stats)
             continue
         serial += 1
         name = f"c{node.index}n{serial}"
@@ -120,13 +131,8 @@ def churn(cluster: Cluster, node: Node, rng: random.Random, stop: threading.Even
             stop.wait(0.1)  # as a kubelet backs off before retrying a sandbox
             continue
         stats.count("adds")
-        if not os.path.exists(pod.netns_path):  # the sandbox died under a successful ADD
-            try:
-                cluster.del_pod(pod)  # as the runtime does: DEL with the netns gone
-                stats.count("dels")
-            except HarnessError as exc:
-                mine.append(pod)
-                stats.count("failed_dels", str(exc))
+        if not os.path.exists(pod.netns_path):  # the sandbox died under a successful ADD:
+            try_delete(cluster, pod, terminating, stats)  # DEL with the netns gone
             continue
         mine.append(pod)
 
@@ -274,6 +280,18 @@ def find_violations(cluster: Cluster) -> list[str]:
     return problems
 
 
+def log_evidence(cluster: Cluster, problems: list[str], limit: int = 40) -> list[str]:
+    """The agents' log lines that mention an address named in ``problems``."""
+    ips = set(re.findall(r"10\.\d+\.\d+\.\d+", " ".join(problems)))
+    lines = []
+    for node in cluster.nodes:
+        log = node.workdir / "agent.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        lines += [f"{node.name}: {line}" for line in text.splitlines()
+                  if any(f"{ip} " in f"{line} " or f"{ip}/" in line for ip in ips)]
+    return lines[-limit:]
+
+
 def check_reachable(cluster: Cluster) -> list[str]:
     problems = []
     live = list(cluster.pods.values())
@@ -282,7 +300,9 @@ def check_reachable(cluster: Cluster) -> list[str]:
             problems.append(f"pod {pod.name} {pod.ip} does not answer its node")
     by_node = {n.name: [p for p in live if p.node.name == n.name] for n in cluster.nodes}
     first, second = (by_node[n.name] for n in cluster.nodes[:2])
-    if first and second and not wait_until(lambda: ping(cluster, first[0], second[0].ip), 5.0):
+    if not (first and second):
+        problems.append(f"no live pod on one of the nodes: {by_node}")
+    elif not wait_until(lambda: ping(cluster, first[0], second[0].ip), 5.0):
         problems.append(f"pod {first[0].name} cannot reach {second[0].name} {second[0].ip}")
     return problems
 
@@ -300,10 +320,10 @@ def run_chaos(kills: int) -> None:
             control.set_faults(FAULTS, seed=SEED)
             stats, stop = Stats(), threading.Event()
             rng = random.Random(SEED)
-            workers = [threading.Thread(target=churn, args=(cluster, node,
-                                                            random.Random(SEED + i), stop,
-                                                            stats))
-                       for i, node in enumerate(cluster.nodes)]
+            terminating: list[list[Pod]] = [[] for _ in cluster.nodes]
+            workers = [threading.Thread(target=churn, args=(
+                cluster, node, random.Random(SEED + i), stop, stats, terminating[i]))
+                for i, node in enumerate(cluster.nodes)]
             for worker in workers:
                 worker.start()
             try:
@@ -316,6 +336,12 @@ def run_chaos(kills: int) -> None:
             control.clear_faults()
             for node in cluster.nodes:
                 ensure_agent(cluster, node)
+            for pods in terminating:  # the runtime retries failed DELs until they succeed
+                for pod in list(pods):
+                    cluster.del_pod(pod)
+            for node in cluster.nodes:  # pods that must be wired right after the chaos
+                for i in range(FINAL_PODS_PER_NODE):
+                    cluster.add_pod(node, f"f{node.index}n{i}")
             for node in cluster.nodes:  # the runtime's GC with the pods it still has
                 collect_garbage(cluster, node, [p for p in cluster.pods.values()
                                                 if p.node.name == node.name])
@@ -334,7 +360,8 @@ def run_chaos(kills: int) -> None:
                   f"{sum(control.refused_counts().values())}")
             print(f"disk full: agent exited {stats.disk_full_agent_exited}; last errors:\n"
                   + "\n".join(stats.disk_full_errors))
-            assert settled, "\n".join(problems + ["-- errors seen:"] + stats.errors[:10])
+            assert settled, "\n".join(problems + ["-- agent log lines about them:"]
+                                       + log_evidence(cluster, problems))
             assert check_reachable(cluster) == []
             assert stats.kills == kills
             assert stats.adds >= kills, f"too little churn to mean anything: {stats}"
