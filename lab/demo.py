@@ -136,8 +136,9 @@ def show_source_check(cluster: Cluster, pod: Pod, target: Pod) -> bool:
         cluster.exec_in(pod, ["ip", "addr", "del", f"{forged}/32", "dev", pod.ifname],
                         check=False)
     dropped = proc.returncode != 0
-    say(f"  {pod.name} {forged} -> {target.name} {target.ip}: "
-        + ("no reply (the VPC router drops sources their ENI does not own)" if dropped else "REPLY (check not enforced)"))
+    verdict = ("no reply (the VPC router drops sources their ENI does not own)" if dropped
+               else "REPLY (the check is not enforced)")
+    say(f"  {pod.name} {forged} -> {target.name} {target.ip}: {verdict}")
     ok, line = ping_line(cluster, pod, target)
     say(f"  with its own address again:\n{line}\n")
     return dropped and ok

@@ -2,9 +2,10 @@
 made by libcni, real packets through the VPC router that follows the emulated cloud.
 
 Nodes are m5.large (3 ENIs x 10 addresses): node 0 gets ten pods, the tenth on a secondary
-ENI (the agent hands out addresses from the lowest device index first). Two /26 subnets: node 0 and node 2 share the first, node 1 is in the second. SNAT is
-on (the VPC CIDR is excluded, as a real deployment configures it), so pod-to-pod traffic
-must keep the pod's own address."""
+ENI (the agent hands out addresses from the lowest device index first). Two /26 subnets:
+node 0 and node 2 share the first, node 1 is in the second. SNAT is on (the VPC CIDR is
+excluded, as a real deployment configures it), so pod-to-pod traffic must keep the pod's
+own address."""
 from __future__ import annotations
 
 from collections.abc import Iterator
