@@ -40,6 +40,7 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("pool_efficiency", "bench.pool_efficiency"),
     Benchmark("cni_latency", "bench.cni_latency"),
+    Benchmark("add_breakdown", "bench.bench_add_breakdown"),
     Benchmark("burst", "bench.bench_burst"),
     Benchmark("agent_resources", "bench.bench_agent_resources"),
     Benchmark("scale", "bench.bench_scale"),
