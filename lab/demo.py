@@ -48,7 +48,7 @@ What you saw: each pod's address is a secondary private IP the agent assigned on
 node's ENIs through the EC2 API."""
 OUTRO_SECOND_ENI = """ A t3.small ENI holds 3 of them, so each node's fourth
 pod got its address on a second ENI (eth1) that the agent created and attached through EC2
-(the pool tables show both)."""
+(see the pool tables)."""
 OUTRO_PATH = """
 Pings between nodes went pod -> node -> the ENI that owns the pod's IP -> VPC router -> the
 ENI of the destination node -> pod, with the pods' own addresses: no tunnel, no NAT. The
