@@ -84,6 +84,7 @@ def parse_instance(doc: Doc) -> Instance:
         primary_ip=doc.get("PrivateIpAddress", "") or primary_eni.get("PrivateIpAddress", ""),
         primary_eni_id=EniId(primary_eni["NetworkInterfaceId"]),
         security_groups=tuple(g["GroupId"] for g in doc.get("SecurityGroups") or ()),
+        state=(doc.get("State") or {}).get("Name", ""),
     )
 
 

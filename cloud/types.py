@@ -44,6 +44,11 @@ class Instance:
     primary_ip: str
     primary_eni_id: EniId
     security_groups: tuple[str, ...]
+    state: str = ""  # EC2's instance state name: "running", "terminated", ...
+
+    @property
+    def gone(self) -> bool:
+        return self.state in ("shutting-down", "terminated")
 
 
 @dataclass(frozen=True)

@@ -120,10 +120,6 @@ class RoutePool:
 
     def reconcile(self) -> None:
         self._fill_store()
-        eni = self.cloud.describe_eni(EniId(self.own_eni))
-        if eni.source_dest_check:
-            self.cloud.set_source_dest_check(EniId(self.own_eni), False)
-            logger.info("source/destination check turned off on %s", self.own_eni)
         self.sync_routes(sweep=True)
         with self._changed:
             self._changed.notify_all()
@@ -194,16 +190,23 @@ class RoutePool:
         associated = [t for t in tables if subnets & set(t.subnet_ids)]
         return associated or [t for t in tables if t.main]
 
+    def _turn_off_source_dest_check(self) -> None:
+        """The node forwards for its pods: EC2 drops that traffic while the check is on."""
+        if self.cloud.describe_eni(EniId(self.own_eni)).source_dest_check:
+            self.cloud.set_source_dest_check(EniId(self.own_eni), False)
+            logger.info("source/destination check turned off on %s", self.own_eni)
+
     def _alive(self, targets: set[str]) -> dict[str, bool]:
+        """A target is gone when the ENI or instance no longer exists, the ENI is detached,
+        or its instance is terminated (or terminating)."""
         alive: dict[str, bool] = {}
         for target in sorted(targets):
             try:
+                instance_id = target
                 if target.startswith("eni-"):
-                    eni = self.cloud.describe_eni(EniId(target))
-                    alive[target] = eni.instance_id is not None
-                else:
-                    self.cloud.describe_instance(InstanceId(target))
-                    alive[target] = True
+                    instance_id = self.cloud.describe_eni(EniId(target)).instance_id or ""
+                alive[target] = bool(instance_id) and \
+                    not self.cloud.describe_instance(InstanceId(instance_id)).gone
             except ce.NotFound:
                 alive[target] = False
         return alive
@@ -214,6 +217,7 @@ class RoutePool:
             departed = set(self._departed)
         alive = {}
         if sweep:
+            self._turn_off_source_dest_check()
             alive = self._alive(sweep_targets(tables, self.config.pod_cidr,
                                               self.config.cluster_cidr))
             self._next_sweep = self._monotonic() + self.config.route_sweep_interval

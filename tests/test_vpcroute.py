@@ -7,7 +7,7 @@ one outside it), and a full route table reported with the numbers."""
 from __future__ import annotations
 
 import pytest
-from fake_apiserver.fixtures import add_node, apiserver  # noqa: F401 - fixture
+from fake_apiserver.fixtures import add_node, add_pod, apiserver  # noqa: F401 - fixture
 from test_agent_helpers import (  # noqa: F401 - fixtures
     cloud_client, control, emulator, make_world, start_agent, wait_for,
 )
@@ -139,7 +139,8 @@ def test_routes_from_pod_cidrs_restart_and_node_deletion(apiserver, emulator, co
     wait_for(lambda: routes(cloud, world) == expected, 10, f"routes {expected}")
     for i in range(2):
         assert not cloud.describe_eni(EniId(eni[i])).source_dest_check
-    status, body = agents[0].attach("p0")
+    uid = add_pod(apiserver, "default", "pod-p0", names[0])["metadata"]["uid"]  # or pod GC frees it
+    status, body = agents[0].attach("p0", pod_uid=uid)
     assert status == 200, body
     assert body["result"]["ips"][0]["address"].startswith("10.244.0.")
     pool = agents[0].pool()
@@ -149,7 +150,7 @@ def test_routes_from_pod_cidrs_restart_and_node_deletion(apiserver, emulator, co
     creates = control.call_counts().get("CreateRoute", 0)
     agents[0].stop()
     agents[0].start()
-    status, again = agents[0].attach("p0")  # same key, same address, after the restart
+    status, again = agents[0].attach("p0", pod_uid=uid)  # same key, same address, after the restart
     assert again["result"]["ips"] == body["result"]["ips"]
     assert agents[0].pool()["assigned"] == 1 and agents[0].pool()["total"] == 254
     assert routes(cloud, world) == expected
