@@ -14,6 +14,7 @@ import socket
 import socketserver
 import stat
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,28 @@ def _error_reply(exc: BaseException) -> tuple[int, dict]:
                  f" {type(exc).__name__}: {exc}"}
 
 
+# What the standard library's own refusals (bad request line, unsupported method or
+# version, oversized header) mean as CNI codes.
+_FRAMING_CODES = {501: Code.INVALID_CONFIG}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # A garbage request line must still get a status line, not an HTTP/0.9 bare body.
+    default_request_version = "HTTP/1.1"
     server: "UnixHTTPServer"
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The server's own refusals as the same JSON error as every other failure."""
+        self.close_connection = True
+        cni_code = _FRAMING_CODES.get(code, Code.DECODE_FAILURE)
+        msg = f"malformed request: {message or HTTPStatus(code).phrase}"
+        if code == 501:
+            msg = f"unsupported method {self.command!r}: use GET or POST"
+        # every refusal here is the client's doing: answer it as a 4xx
+        status = {501: 405, 505: 400}.get(code, code)
+        self._send(status, {"code": int(cni_code), "msg": msg})
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         logger.debug("socket: " + format, *args)
@@ -155,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> dict:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):
             self.close_connection = True
             raise RequestError(Code.DECODE_FAILURE, "a Content-Length header is required", 411)
         size = int(length)
@@ -177,6 +197,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(Code.DECODE_FAILURE, f"request body is not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise RequestError(Code.DECODE_FAILURE, "request body must be a JSON object")
+        try:  # \udcxx escapes decode to lone surrogates that no store or kernel accepts
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(Code.DECODE_FAILURE, "request body has a string that is not "
+                               "valid Unicode (a lone surrogate escape)") from None
         return body
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
