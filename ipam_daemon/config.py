@@ -290,6 +290,8 @@ def _validate_route_mode(c: AgentConfig) -> None:
     if c.vpc_route:
         _require(c.datapath in ("veth", "none"), "datapath", c.datapath,
                  "mode vpc-route routes pods in the main table: veth (or none)")
+        _require(bool(c.pod_cidr) or c.kubernetes != "off", "pod_cidr", c.pod_cidr,
+                 "required in mode vpc-route without kubernetes (the Node's spec.podCIDR)")
 
 
 def load_config(path: str | os.PathLike[str] | None,

@@ -7,6 +7,7 @@ exhausted and back when freed, and the agent serving with the API server unreach
 from __future__ import annotations
 
 import json
+import re
 
 from fake_apiserver.fixtures import add_node, apiserver  # noqa: F401 - fixture
 from test_agent_helpers import (  # noqa: F401 - fixtures
@@ -130,7 +131,9 @@ def test_events_and_condition_from_real_attach_failures(apiserver, emulator, con
     assert results[9][1]["code"] == Code.SUBNET_EXHAUSTED, results[9]
     event = wait_for(lambda: [e for e in events(apiserver, "SubnetExhausted")
                               if e["involvedObject"]["name"] == "pod-s9"], 10, "SubnetExhausted")
-    assert "has 1 free addresses" in event[0]["message"], event[0]["message"]
+    message = event[0]["message"]  # the numbers: the subnet's free addresses and the pool's
+    assert re.search(r"subnet-\w+ \(10\.0\.0\.0/28\) has [01] free addresses", message), message
+    assert re.search(r"\d of 3 ENIs used, \d+ of \d+ pod IPs assigned", message), message
 
     # throttling: every AssignPrivateIpAddresses refused with RequestLimitExceeded
     world = make_world(emulator, nodes=1)
