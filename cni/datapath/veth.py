@@ -165,7 +165,7 @@ def teardown_pod(pod: PodSpec) -> None:
 
     validate_pod(pod)
     with naming_step(f"tearing down {pod.pod_ip} of {pod.container_id}"), IPRoute() as host:
-        index = find_link_index(host, pod.host_ifname)
+        index = named = find_link_index(host, pod.host_ifname)
         route_oif = find_host_route_oif(host, pod.pod_ip)
         link = get_link(host, index) if index is not None else None
         if link is None:
@@ -177,7 +177,10 @@ def teardown_pod(pod: PodSpec) -> None:
             else:
                 logger.warning("host veth %s is not wired to %s in %s; left in place",
                                pod.host_ifname, pod.pod_ip, pod.netns)
-        if route_oif is not None and route_oif != index:
+        # a route on our own veth, or on a link already gone (a dying netns takes its veth
+        # and then the route with it), is no new owner: only a live other link is
+        if (route_oif is not None and route_oif != named
+                and get_link(host, route_oif) is not None):
             logger.warning("%s is routed to another link (index %d); its rules are left",
                            pod.pod_ip, route_oif)
             return
