@@ -339,12 +339,14 @@ def run_chaos(kills: int) -> None:
             for pods in terminating:  # the runtime retries failed DELs until they succeed
                 for pod in list(pods):
                     cluster.del_pod(pod)
+            orphans = 0
+            for node in cluster.nodes:  # the runtime's GC with the pods it still has
+                live = [p for p in cluster.pods.values() if p.node.name == node.name]
+                orphans += len(cluster.agent_get(node, "/v1/pods")[1]) - len(live)
+                collect_garbage(cluster, node, live)
             for node in cluster.nodes:  # pods that must be wired right after the chaos
                 for i in range(FINAL_PODS_PER_NODE):
                     cluster.add_pod(node, f"f{node.index}n{i}")
-            for node in cluster.nodes:  # the runtime's GC with the pods it still has
-                collect_garbage(cluster, node, [p for p in cluster.pods.values()
-                                                if p.node.name == node.name])
             problems: list[str] = []
 
             def holds() -> bool:
@@ -356,7 +358,8 @@ def run_chaos(kills: int) -> None:
                   f" {stats.sabotaged} sabotaged), {stats.dels} DELs ({stats.failed_dels} "
                   f"failed), {stats.disk_full_failures} failures while the disk was full, "
                   f"namespace deleted during ADD: {stats.sabotage}, "
-                  f"{len(cluster.pods)} pods live; refused by EC2: "
+                  f"{len(cluster.pods)} pods live, {orphans} allocations of dead pods "
+                  f"released by GC; refused by EC2: "
                   f"{sum(control.refused_counts().values())}")
             print(f"disk full: agent exited {stats.disk_full_agent_exited}; last errors:\n"
                   + "\n".join(stats.disk_full_errors))
