@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from cni.spec import CniError, Code
 
@@ -88,7 +88,6 @@ class KubeBridge:
         self._thread: threading.Thread | None = None
         self._last_blocked: Any = None
         self._nodes: Watcher | None = None
-        self.on_node_deleted: Callable[[dict], None] | None = None  # vpc-route mode
         self.kube = integration or KubeIntegration(
             kube_settings(config), base_config_of(config),
             list_allocations=self._allocation_rows, release=self._release,
