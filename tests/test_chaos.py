@@ -45,7 +45,7 @@ FAULTS = [{"action": "*", "kind": "throttle", "rate": 0.3},
 ATTACH_LATENCY = 0.5
 MAX_PODS_PER_NODE = 12
 SABOTAGE_EVERY = 5  # every 5th ADD loses its namespace while libcni runs
-STATE_TMPFS = "4m"
+STATE_TMPFS = "16m"  # room for SQLite's WAL (up to ~4 MiB before a checkpoint)
 SETTLE_SECONDS = 45.0
 FINAL_PODS_PER_NODE = 3
 
@@ -149,14 +149,14 @@ def fill_disk(directory: Path) -> Path:
     """Write a filler file until the filesystem under ``directory`` has no space left."""
     filler = directory / "filler"
     chunk = b"\0" * 65536
-    with open(filler, "wb") as out:
-        try:
+    try:
+        with open(filler, "wb") as out:
             while True:
                 out.write(chunk)
                 out.flush()
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
+    except OSError as exc:  # the open itself fails when the agent's files filled it first
+        if exc.errno != errno.ENOSPC:
+            raise
     return filler
 
 
@@ -178,7 +178,7 @@ def kill_loop(cluster: Cluster, kills: int, rng: random.Random, stats: Stats,
             stats.disk_full_failures = stats.failed_adds + stats.failed_dels - failures
             stats.disk_full_errors = stats.errors[-3:]
             stats.disk_full_agent_exited = cluster.agents[full_node.name].process.poll() is not None
-            filler.unlink()
+            filler.unlink(missing_ok=True)
             ensure_agent(cluster, full_node)  # it may have exited on the full disk
 
 
