@@ -70,6 +70,11 @@ def test_identity_override_and_pod_gc_across_a_restart(apiserver, emulator, cont
     wait_for(lambda: agent.pool()["available"] == 5, 15, "the override's 5 warm addresses")
     assert agent.pool()["targets"]["warm_ips"] == 5
     assert f"instance {world.instances[0].instance_id} from kubernetes" in agent.log_tail(200)
+    # the label now names another ConfigMap: the running agent catches up, no restart
+    apiserver.create("configmaps", {"metadata": {"name": "bigger", "namespace": "kube-system"},
+                                    "data": {"warm_ips": "6"}})
+    apiserver.patch("nodes", node, {"metadata": {"labels": {"underlay.io/config": "bigger"}}})
+    wait_for(lambda: agent.pool()["available"] == 6, 15, "the new override's 6 warm addresses")
 
     uids = {name: add_pod(apiserver, name, node) for name in ("keep", "gone-a", "gone-b")}
     for name, uid in uids.items():
