@@ -21,6 +21,7 @@ Like the ENI pool, one thread (``route-pool``) makes every cloud change.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import threading
@@ -162,8 +163,8 @@ class RoutePool:
                            inst.primary_ip, True, self._clock())
         known = {e.id: e for e in self.store.enis()}
         if self.own_eni in known:
-            record = EniRecord(**{**known[self.own_eni].__dict__,
-                                  "subnet_cidr": self.config.pod_cidr, "mac": eni.mac})
+            record = dataclasses.replace(known[self.own_eni], subnet_cidr=self.config.pod_cidr,
+                                         mac=eni.mac)
         wanted = set(self.addresses)
         present = {a.ip for a in self.store.addresses() if a.eni_id == self.own_eni}
         self.store.add_eni(record, sorted(wanted - present))
