@@ -92,10 +92,23 @@ def test_cluster_role_is_exactly_the_agents_rules():
                                     "namespace": account["metadata"]["namespace"]}]
 
 
+def agent_env() -> dict[str, str]:
+    """The environment the DaemonSet gives the agent, with the downward API's node name."""
+    agent = _containers(load("daemonset.yaml")["spec"]["template"]["spec"])["agent"]
+    env = {}
+    for item in agent.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+            env[item["name"]] = "node-a"
+    return env
+
+
 def test_configmap_loads_through_the_agent_and_the_installer():
     data = load("configmap.yaml")["data"]
-    config = parse_config(json.loads(data["agent.json"]), env={})
+    config = parse_config(json.loads(data["agent.json"]), env=agent_env())
     assert config.datapath == "veth" and config.status_address == "127.0.0.1"
+    assert config.kubernetes == "in-cluster" and config.node_name == "node-a"
     conflist = json.loads(data["10-underlay.conflist"])
     assert conflist == render_conflist(ConflistOptions(socket=config.socket_path,
                                                        mtu=config.mtu, mode=config.datapath))
@@ -109,7 +122,8 @@ def _containers(spec: dict) -> dict[str, dict]:
 def test_daemonset_shape():
     ds = load("daemonset.yaml")
     spec = ds["spec"]["template"]["spec"]
-    config = parse_config(json.loads(load("configmap.yaml")["data"]["agent.json"]), env={})
+    config = parse_config(json.loads(load("configmap.yaml")["data"]["agent.json"]),
+                          env=agent_env())
     assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
                                             "rollingUpdate": {"maxUnavailable": "10%"}}
     assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-node-critical"
