@@ -32,6 +32,9 @@ from ipam_daemon.wiring import Wiring, build_wiring
 
 logger = logging.getLogger(__name__)
 
+# An allocation this young may belong to an ADD still wiring its pod: never an orphan yet.
+ORPHAN_MIN_AGE = 30.0
+
 
 def build_cloud(config: AgentConfig, metrics: Metrics) -> Cloud:
     from cloud.ec2 import Ec2Cloud
@@ -97,9 +100,23 @@ class Agent:
         self.pool.reconcile_until_done()
         if self.stopping.is_set():
             return
+        # nothing can be in flight across a restart: every allocation is old enough here
+        self.service.release_orphans(0.0)
+        self._orphans = threading.Thread(target=self._sweep_orphans, name="orphans",
+                                         daemon=True)
+        self._orphans.start()
         self.pool.start()
         logger.info("agent ready: node %s, instance %s, datapath %s", node.name,
                     node.instance.id, self.config.datapath)
+
+    def _sweep_orphans(self) -> None:
+        """Pods whose netns vanished without a DEL reaching us, found at every reconcile
+        interval (Kubernetes pod GC does the same by pod uid when it is configured)."""
+        while not self.stopping.wait(self.config.reconcile_interval):
+            try:
+                self.service.release_orphans(ORPHAN_MIN_AGE)
+            except Exception:  # noqa: BLE001 - the sweep must outlive one bad pass
+                logger.exception("orphan sweep failed")
 
     def _snat_config(self, node: Node) -> SnatConfig | None:
         if not self.config.snat:

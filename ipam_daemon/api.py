@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import socketserver
+import sqlite3
 import stat
 import threading
 from http import HTTPStatus
@@ -128,6 +129,10 @@ def _error_reply(exc: BaseException) -> tuple[int, dict]:
     """Every failure -> (HTTP status, ErrorReply), in one place."""
     if isinstance(exc, RequestError):
         return exc.status, {"code": exc.code, "msg": exc.msg}
+    if isinstance(exc, sqlite3.Error):
+        logger.error("state store failed: %s", exc)
+        return 503, {"code": int(Code.IO_FAILURE), "msg": f"agent state store failed: {exc}"
+                     " (check the state directory's disk)"}
     if isinstance(exc, CniError):
         status = 400 if exc.code < 11 else 503 if exc.code in (11, 50, 51, 102) else 500
         reply = {"code": exc.code, "msg": exc.msg}

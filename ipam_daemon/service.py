@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,6 +217,28 @@ class Service:
             return False
         self.release_allocation(allocation, reason=reason)
         return True
+
+    def release_orphans(self, min_age: float) -> int:
+        """The kernel side of reconcile: release allocations whose pod network namespace is
+        gone (its DEL came while the agent was down). Only when the agent wires pods, so the
+        recorded netns is one it wired; allocations younger than ``min_age`` seconds are
+        left alone (their ADD may still be under way)."""
+        if self.config.ipam_only:
+            return 0
+        released = 0
+        now = time.time()  # the store stamps created_at with wall-clock time
+        for allocation in self.store.allocations():
+            netns = allocation.pod.netns
+            if not netns.startswith("/") or now - allocation.created_at < min_age:
+                continue
+            if os.path.exists(netns):
+                continue
+            try:
+                self.release_allocation(allocation, reason=f"netns {netns} is gone")
+                released += 1
+            except CniError as exc:
+                logger.warning("releasing orphan %s failed: %s", allocation.ip, exc.msg)
+        return released
 
     def allocation_rows(self) -> list[tuple[AllocationKey, str, str, str, str]]:
         """(key, pod namespace, pod name, pod uid, netns) of every allocation."""
