@@ -46,6 +46,14 @@ mount -t devtmpfs devtmpfs $R/dev || fail "devtmpfs"
 mkdir -p $R/dev/shm $R/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
 mount -t devpts devpts $R/dev/pts
+# the command's working directory (the repository) is shared on its own, read-only: it may
+# live under /tmp or /run, which are fresh tmpfs here
+workdir=$(sed -n 's/.*underlay\.workdir=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$workdir" ]; then
+  mkdir -p "$R$workdir" 2>/dev/null
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose workdir \
+    "$R$workdir" || fail "mount of the working directory at $workdir"
+fi
 mkdir -p "$R$share" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmshare "$R$share" \
   || fail "mount of the writable share at $share"

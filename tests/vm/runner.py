@@ -145,20 +145,27 @@ def write_guest_script(share: Path, cmd: list[str], cwd: str, env: dict[str, str
     (share / "cmd.sh").write_text("\n".join(lines) + "\n")
 
 
-def qemu_command(vmlinux: Path, initramfs: Path, share: Path, timeout: float) -> list[str]:
-    append = " ".join([
+def qemu_command(vmlinux: Path, initramfs: Path, share: Path, timeout: float,
+                 workdir: str = "/") -> list[str]:
+    append = [
         "console=ttyS0", "quiet", "loglevel=1", "panic=-1", "mitigations=off",
         f"underlay.share={share}",
-    ])
+    ]
+    shares = []
+    if workdir != "/":
+        append.append(f"underlay.workdir={workdir}")
+        shares = ["-fsdev", f"local,id=workdir,path={workdir},readonly=on,security_model=none,"
+                  "multidevs=remap", "-device", "virtio-9p-pci,fsdev=workdir,mount_tag=workdir"]
     return [
         "timeout", "-k", "5", str(int(timeout)),
         QEMU, "-M", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1G",
         "-nodefaults", "-nic", "none", "-display", "none", "-serial", "stdio", "-no-reboot",
-        "-kernel", str(vmlinux), "-initrd", str(initramfs), "-append", append,
+        "-kernel", str(vmlinux), "-initrd", str(initramfs), "-append", " ".join(append),
         "-fsdev", "local,id=hostroot,path=/,readonly=on,security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
         "-fsdev", f"local,id=vmshare,path={share},security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=vmshare,mount_tag=vmshare",
+        *shares,
     ]
 
 
@@ -180,13 +187,16 @@ def run_vm(
     share_dir = share_dir.resolve()
     if not SAFE_PATH.match(str(share_dir)):
         raise ValueError(f"share path {share_dir} has characters the VM command line cannot carry")
+    cwd = str(Path(cwd).resolve())
+    if not SAFE_PATH.match(cwd):
+        raise ValueError(f"working directory {cwd} has characters the VM command line cannot carry")
     try:
         guest_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                      "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "VM_SHARE": str(share_dir),
                      "UNDERLAY_IN_VM": "1"}
         guest_env.update(env or {})
         write_guest_script(share_dir, cmd, cwd, guest_env)
-        return _boot(qemu_command(vmlinux, initramfs, share_dir, timeout), timeout)
+        return _boot(qemu_command(vmlinux, initramfs, share_dir, timeout, cwd), timeout)
     finally:
         if own_share:
             shutil.rmtree(share_dir, ignore_errors=True)
