@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .discovery import discovery, validate_event
+from .netns import open_socket_in_netns
 from .patch import PatchError, apply_patch
 from .selectors import SelectorError, build_matcher
 from .store import RESOURCES, ApiError, ObjectStore, gone
@@ -84,34 +86,62 @@ class FakeApiServer:
         self.down = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._listeners: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+        self._netns_paths: list[str] = []
         self.port = 0
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> "FakeApiServer":
-        handler = type("Handler", (_Handler,), {"api": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"fake-apiserver-{self.port}", daemon=True)
-        self._thread.start()
+        self._serve(None)
+        for path in self._netns_paths:
+            if os.path.exists(path):  # a namespace deleted meanwhile is not served again
+                self._serve(path)
         return self
+
+    def _serve(self, netns_path: str | None) -> None:
+        """Serve on 127.0.0.1:<port>: the root namespace's, or that of ``netns_path``."""
+        handler = type("Handler", (_Handler,), {"api": self})
+        if netns_path is None:
+            httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+            self.port = httpd.server_address[1]
+        else:
+            sock = open_socket_in_netns(netns_path, self.port)
+            httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler, bind_and_activate=False)
+            httpd.socket.close()
+            httpd.socket = sock
+        httpd.daemon_threads = True
+        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                  name=f"fake-apiserver-{self.port}", daemon=True)
+        thread.start()
+        self._listeners.append((httpd, thread))
+
+    def listen_in_netns(self, netns_path: str) -> str:
+        """Also serve on 127.0.0.1:<port> inside the network namespace at ``netns_path``
+        (its loopback is brought up), now and after every :meth:`come_up`, until
+        :meth:`stop`; returns the URL as seen from inside."""
+        if netns_path in self._netns_paths:
+            return self.url
+        if not self._listeners and not self.down.is_set():
+            raise RuntimeError("start the fake API server before listening in a namespace")
+        if not os.path.exists(netns_path):
+            raise FileNotFoundError(f"network namespace {netns_path} does not exist")
+        if not self.down.is_set():
+            self._serve(netns_path)
+        self._netns_paths.append(netns_path)
+        return self.url
 
     def stop(self) -> None:
         self.stopping.set()
         self.store.end_watches()
         self._close_listener()
+        self._netns_paths.clear()
 
     def _close_listener(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        listeners, self._listeners = self._listeners, []
+        for httpd, thread in listeners:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
 
     def __enter__(self) -> "FakeApiServer":
         return self.start()
