@@ -32,7 +32,7 @@ from ipam_daemon.policy import Action, EniCounts, Kind, Limits, Targets
 
 logger = logging.getLogger(__name__)
 
-Decide = Callable[[tuple[EniCounts, ...], Targets, Limits], Action]
+Decide = Callable[..., Action]  # (enis, targets, limits[, demand]) -> Action
 
 EC2_CALLS = {
     Kind.ASSIGN: ("AssignPrivateIpAddresses",),
@@ -126,11 +126,6 @@ class Node:
         return tuple(EniCounts(e.eni_id, per_eni, len(e.free), len(e.assigned), len(e.cooling),
                                len(e.releasing), e.device == 0, self.now - e.created_at)
                      for e in self.enis if not e.deleting)
-
-    def cooling_between(self, start: float, end: float) -> float:
-        """IP-seconds spent cooling in [start, end] (cooldowns end on their own)."""
-        return sum(max(min(until, end) - start, 0.0)
-                   for e in self.enis for until in e.cooling.values())
 
     def cooling_between(self, start: float, end: float) -> float:
         """IP-seconds spent cooling in [start, end] (cooldowns end on their own)."""

@@ -8,7 +8,7 @@ import logging
 from collections import deque
 from typing import Callable
 
-from ipam_daemon.policy import Action, Kind, Targets
+from ipam_daemon.policy import Action, Kind, PeakWindow, Targets
 
 from bench.node_sim import Decide, Node, SimConfig, SimResult
 from bench.trace import Trace
@@ -45,10 +45,13 @@ class Engine:
 
 class UnderlayLoop:
     """``ipam_daemon.pool.Pool.run``: one action per step, again at once after acting, else
-    sleep ``pool_interval`` or until woken; shrink at most every ``shrink_interval``."""
+    sleep ``pool_interval`` or until woken; shrink at most every ``shrink_interval``. Each
+    step samples the assigned addresses into a ``PeakWindow`` of ``eni_min_age`` seconds
+    and hands the policy that peak, as the agent's loop does."""
 
     def __init__(self, sim: "Simulation", decide: Decide, targets: Targets) -> None:
         self.sim, self.decide, self.targets = sim, decide, targets
+        self.peaks = PeakWindow(targets.eni_min_age)
         self.sleeping = False
         self._generation = 0
         self._last_shrink = -float("inf")
@@ -65,7 +68,9 @@ class UnderlayLoop:
     def step(self) -> None:
         self.sleeping = False
         node, config = self.sim.node, self.sim.config
-        action = self.decide(node.counts(), self.targets, config.limits)
+        counts = node.counts()
+        demand = self.peaks.observe(node.now, sum(c.assigned for c in counts))
+        action = self.decide(counts, self.targets, config.limits, demand)
         if action.kind is Kind.NOTHING:
             return self._sleep()
         if action.kind in (Kind.UNASSIGN, Kind.DELETE_ENI):

@@ -11,14 +11,17 @@ Defaults, and why they differ from AWS VPC CNI's:
   time (``borrow_wait_seconds``) for that refill instead of failing.
 - ``cooldown_seconds=30``: as AWS, but cooling IPs never count as available and the
   cooldown survives a restart (it is persisted as a wall-clock time).
-- ``shrink_interval=30``, ``eni_min_age=60``, ``subnet_full_backoff=120``,
-  ``reconcile_interval=60``, ``leaked_eni_age=300``: AWS's intervals, which are reasonable.
+- ``shrink_interval=30``, ``subnet_full_backoff=120``, ``reconcile_interval=60``,
+  ``leaked_eni_age=300``: AWS's intervals, which are reasonable.
+- ``eni_min_age=7200``: an ENI is deleted only when the others could have held the peak of
+  the last two hours (AWS: 60 s, and its second ENI comes and goes with the load). By then
+  it holds no secondary address: only its own primary stays taken.
 - ``pool_interval=5``: the loop also wakes at once when a borrow drops the pool below
   target, so the interval only bounds how late a missed wake-up is noticed.
-- ``batch_size=4``: the hysteresis band above the warm target. A shortfall is met with one
-  AssignPrivateIpAddresses (or pre-filled CreateNetworkInterface) for at least this many
-  addresses, and idle addresses are freed only above ``warm_ips + batch_size``: churn of a
-  few pods costs no cloud call, and a node idles on at most warm + batch addresses.
+- ``batch_size=4``: a shortfall is met with one AssignPrivateIpAddresses (or pre-filled
+  CreateNetworkInterface) for at least this many addresses; idle addresses are freed only
+  once ``2 * batch_size`` lie above ``warm_ips``, all but one batch in one call: churn of a
+  few pods costs no cloud call (see ``ipam_daemon.policy``).
 
 Per-node overrides (from Kubernetes) go through :func:`apply_overrides`, which validates
 exactly as the file does.
@@ -87,7 +90,7 @@ class AgentConfig:
     pool_interval: float = 5.0
     shrink_interval: float = 30.0
     reconcile_interval: float = 60.0
-    eni_min_age: float = 60.0
+    eni_min_age: float = 7200.0  # and the demand horizon for deleting an ENI (policy.py)
     leaked_eni_age: float = 300.0
     leaked_eni_interval: float = 3600.0
     borrow_wait_seconds: float = 10.0

@@ -27,7 +27,9 @@ from cni.spec import Code
 
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.metrics import Metrics
-from ipam_daemon.policy import Action, Blocker, EniCounts, Kind, Limits, Targets, decide
+from ipam_daemon.policy import (
+    Action, Blocker, EniCounts, Kind, Limits, PeakWindow, Targets, decide,
+)
 from ipam_daemon.reconcile import (
     Node, SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
 )
@@ -74,6 +76,7 @@ class Pool:
         self._next_reconcile = 0.0
         self._next_leak_gc = 0.0
         self._thread: threading.Thread | None = None
+        self._peaks = PeakWindow(config.eni_min_age)  # demand history for ENI deletion
 
     # ---- what borrowers see -------------------------------------------------------------
 
@@ -186,7 +189,10 @@ class Pool:
             self._next_reconcile = now + self.config.pool_interval
         if now < self._backoff_until:
             return False
-        action = decide(self.counts(), self.targets, self.limits)
+        counts = self.counts()
+        self._peaks.window = self.targets.eni_min_age
+        demand = self._peaks.observe(now, sum(c.assigned for c in counts))
+        action = decide(counts, self.targets, self.limits, demand)
         if action.kind is Kind.NOTHING:
             self._note_policy_blocker(action)
             return False

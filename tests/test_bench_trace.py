@@ -55,13 +55,14 @@ def test_every_policy_keeps_the_invariants(name):
 
 
 def test_underlay_tiny_trace_by_hand():
-    # warm 2, batch 4: boot assigns 4; the 3rd pod takes available to 1 -> one more batch of 4;
-    # after all leave and cool (30 s), 8 free > warm + batch = 6 -> unassign 2 at the 1030 tick.
+    # warm 2, batch 4: boot assigns 4; the 3rd pod takes available to 1 -> one more batch of 4
+    # (5 available + 1 room = warm + headroom: no ENI ahead); after all leave and cool, 8 free
+    # are 6 above warm, under two batches (8): kept, no Unassign call.
     trace = tiny(("a", 10.0, 1000.0), ("b", 20.0, 1000.0), ("c", 30.0, 1000.0))
     r = simulate("u", trace, pe.sim_config(), underlay_loop(policy.decide, pe.underlay_targets()))
-    assert r.calls == {"AssignPrivateIpAddresses": 2, "UnassignPrivateIpAddresses": 1}
+    assert r.calls == {"AssignPrivateIpAddresses": 2}
     assert (r.misses, r.waits, r.peak_held, r.peak_enis) == (0, (0.0, 0.0, 0.0), 8, 1)
-    idle = 9.7 * 4 + 10 * 3 + 10 * 2 + 0.3 * 1 + 969.7 * 5 + 30.3 * 8 + 69.7 * 6
+    idle = 9.7 * 4 + 10 * 3 + 10 * 2 + 0.3 * 1 + 969.7 * 5 + 100 * 8
     assert r.idle_ip_seconds == pytest.approx(idle)
     assert r.cooling_ip_seconds == pytest.approx(3 * 30.0)  # three addresses, 30 s each
 
@@ -102,7 +103,7 @@ def test_aws_counts_cooling_as_available_and_underlay_does_not():
 
 
 def test_the_node_refuses_a_policy_past_the_instance_limit():
-    def greedy(enis, targets, limits):
+    def greedy(enis, targets, limits, demand=None):
         return Action(Kind.CREATE_ENI, 1)
 
     with pytest.raises(SimulationError, match="past the limit"):
@@ -117,3 +118,16 @@ def test_pool_efficiency_reports_ratios_and_rows():
     assert set(out["ratios_underlay_over_aws_default"]) == {"idle_ip_seconds", "misses",
                                                             "cloud_calls"}
     assert {r["metric"] for r in out["rows"]} >= {"idle IP-seconds", "mutating EC2 calls"}
+
+
+def test_underlay_loop_hands_the_policy_the_recent_peak():
+    seen = []
+
+    def recording(enis, targets, limits, demand=None):
+        seen.append((sum(e.assigned for e in enis), demand.peak))
+        return policy.decide(enis, targets, limits, demand)
+
+    trace = tiny(("a", 10.0, 40.0), ("b", 20.0, 40.0), duration=200.0)
+    simulate("u", trace, pe.sim_config(), underlay_loop(recording, Targets(eni_min_age=100.0)))
+    assert (2, 2) in seen and (0, 2) in seen  # after both left, the peak of 2 is remembered
+    assert all(peak >= assigned for assigned, peak in seen)

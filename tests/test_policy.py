@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ipam_daemon.policy import (
-    Action, Blocker, EniCounts, Kind, Limits, Targets, decide, decide_aws,
+    Action, Blocker, Demand, EniCounts, Kind, Limits, PeakWindow, Targets, decide, decide_aws,
 )
 
 M5L = Limits(max_enis=3, ips_per_eni=10)  # 9 secondaries per ENI
@@ -60,21 +60,45 @@ CASES = [
     ("idle addresses inside the band are kept",
      (eni(P, free=6, assigned=1, primary=True),), Targets(warm_ips=2), Kind.NOTHING, 0, "",
      Blocker.NONE),
-    ("only what lies above warm + batch is freed",
-     (eni(P, free=8, assigned=1, primary=True),), Targets(warm_ips=2), Kind.UNASSIGN, 2, P,
+    ("less than two batches above warm: kept (no call per departing pod)",
+     (eni(P, free=8, assigned=1, primary=True),), Targets(warm_ips=2), Kind.NOTHING, 0, "",
      Blocker.NONE),
+    ("two batches above warm: all but one batch freed in one call",
+     (eni(P, free=8, assigned=1, primary=True),), Targets(warm_ips=2, batch_size=2),
+     Kind.UNASSIGN, 4, P, Blocker.NONE),
     ("surplus keeps the minimum",
      (eni(P, free=9, primary=True),), Targets(warm_ips=2, min_ips=7, batch_size=1),
      Kind.UNASSIGN, 1, P, Blocker.NONE),
     ("surplus drains the non-primary ENI first",
      (eni(P, free=2, assigned=3, primary=True), eni("eni-2", free=3, assigned=1)),
      Targets(warm_ips=2, batch_size=1), Kind.UNASSIGN, 2, "eni-2", Blocker.NONE),
-    ("idle non-primary ENI is deleted when its addresses are not needed",
-     (eni(P, free=3, assigned=6, primary=True), eni("eni-2", free=4)), Targets(warm_ips=2),
+    ("idle non-primary ENI is deleted when the others hold assigned + warm + headroom",
+     (eni(P, free=3, assigned=3, primary=True), eni("eni-2", free=4)), Targets(warm_ips=2),
      Kind.DELETE_ENI, 0, "eni-2", Blocker.NONE),
+    ("idle ENI kept while the others could not hold assigned + warm + headroom",
+     (eni(P, free=3, assigned=6, primary=True), eni("eni-2", free=4)), Targets(warm_ips=2),
+     Kind.NOTHING, 0, "", Blocker.NONE),
     ("young idle ENI is kept (eni_min_age); its surplus is unassigned instead",
-     (eni(P, free=3, assigned=6, primary=True), eni("eni-2", free=4, age=5)),
-     Targets(warm_ips=2, eni_min_age=60), Kind.UNASSIGN, 1, "eni-2", Blocker.NONE),
+     (eni(P, free=3, assigned=3, primary=True), eni("eni-2", free=4, age=5)),
+     Targets(warm_ips=2, batch_size=2, eni_min_age=60), Kind.UNASSIGN, 3, "eni-2",
+     Blocker.NONE),
+    ("the surplus comes from the ENI that can give the most of it",
+     (eni(P, free=1, assigned=2, primary=True), eni("eni-2", free=2, assigned=1),
+      eni("eni-3", free=6, assigned=3)), Targets(warm_ips=1, batch_size=2), Kind.UNASSIGN, 6,
+     "eni-3", Blocker.NONE),
+    ("next ENI ahead, empty: available + room below warm + headroom",
+     (eni(P, free=2, assigned=5, primary=True),), Targets(warm_ips=2), Kind.CREATE_ENI, 0, "",
+     Blocker.NONE),
+    ("no ENI ahead at the instance limit",
+     (eni(P, assigned=9, primary=True), eni("eni-2", assigned=9), eni("eni-3", free=2,
+                                                                      assigned=5)),
+     Targets(warm_ips=2), Kind.NOTHING, 0, "", Blocker.NONE),
+    ("no ENI ahead when max_ips is within reach",
+     (eni(P, free=2, assigned=5, primary=True),), Targets(warm_ips=2, max_ips=8), Kind.NOTHING,
+     0, "", Blocker.NONE),
+    ("a shortfall goes to the first ENI that takes the whole batch in one call",
+     (eni(P, assigned=8, primary=True), eni("eni-2", assigned=1)), Targets(warm_ips=1),
+     Kind.ASSIGN, 4, "eni-2", Blocker.NONE),
     ("ENI with a cooling address is not deleted",
      (eni(P, free=8, assigned=1, primary=True), eni("eni-2", free=0, cooling=1)),
      Targets(warm_ips=2, batch_size=1), Kind.UNASSIGN, 5, P, Blocker.NONE),
@@ -165,3 +189,36 @@ def test_underlay_holds_fewer_idle_ips_than_aws_defaults():
                         Targets(warm_ips=0, warm_enis=1), M5L)
     assert ours.count == 4 and theirs.count == 9
     assert isinstance(ours, Action)
+
+
+def test_recent_peak_keeps_an_idle_eni_until_it_has_passed():
+    enis = (eni(P, free=3, assigned=3, primary=True), eni("eni-2"))
+    kept = decide(enis, Targets(warm_ips=2), M5L, Demand(peak=8))
+    assert kept.kind is Kind.NOTHING, kept  # 9 on the primary < peak 8 + warm 2 + headroom 4
+    gone = decide(enis, Targets(warm_ips=2), M5L, Demand(peak=3))
+    assert (gone.kind, gone.eni_id) == (Kind.DELETE_ENI, "eni-2"), gone
+    assert "peak 3" in gone.reason
+
+
+def test_headroom_is_at_most_half_an_eni():
+    small = Limits(max_enis=3, ips_per_eni=4)  # t3.small: 3 secondaries per ENI
+    fresh = (eni(P, free=1, primary=True, capacity=3),)
+    assert decide(fresh, Targets(warm_ips=1, batch_size=1), small).kind is Kind.NOTHING
+    full = (eni(P, free=1, assigned=2, primary=True, capacity=3),)
+    assert decide(full, Targets(warm_ips=1, batch_size=1), small).kind is Kind.CREATE_ENI
+
+
+def test_peak_window_keeps_the_most_assigned_of_the_window():
+    window = PeakWindow(60.0)
+    assert window.observe(0.0, 3) == Demand(peak=3)
+    assert window.observe(10.0, 8).peak == 8
+    assert window.observe(20.0, 5).peak == 8
+    assert window.observe(69.0, 4).peak == 8  # the 8 of t=10 is 59 s old
+    assert window.observe(71.0, 4).peak == 5  # now it has left; the 5 of t=20 has not
+    assert window.observe(81.0, 2).peak == 4
+    assert PeakWindow(0.0).observe(5.0, 7).peak == 7
+
+
+def test_peak_window_refuses_a_negative_window():
+    with pytest.raises(ValueError, match="window must be >= 0"):
+        PeakWindow(-1.0)
