@@ -227,11 +227,12 @@ def _shrink(enis, t: Totals, over: int, peak: int, targets: Targets,
     if over <= 0:
         return Action(Kind.NOTHING, reason=f"at target: {t.available} available,"
                       f" {t.total} held")
-    # One call: the ENI that can give the most of the surplus; among equals, the one
-    # closest to empty (so it can be deleted later), the primary last.
+    # One call: a secondary ENI with nothing in use first (emptied, it can be deleted once
+    # not needed), else the ENI that can give the most of the surplus; the primary last.
     candidates = [(index, e) for index, e in enumerate(enis) if e.free]
-    _, eni = min(candidates, key=lambda p: (-min(p[1].free, over), p[1].is_primary,
-                                            p[1].assigned + p[1].cooling, -p[0]))
+    _, eni = min(candidates, key=lambda p: (
+        p[1].is_primary or bool(p[1].assigned + p[1].cooling), -min(p[1].free, over),
+        p[1].is_primary, p[1].assigned + p[1].cooling, -p[0]))
     count = min(over, eni.free)
     return Action(Kind.UNASSIGN, count, eni.eni_id,
                   f"over by {over}: {t.available} available, {t.total} held")
