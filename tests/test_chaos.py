@@ -1,15 +1,22 @@
 """Chaos: pod churn through libcni on a two-node cluster of the emulated cloud while the
 agents are killed with SIGKILL at random points (and restarted, as a DaemonSet would), EC2
 throttles 30% of calls, answers 5% with a 5xx and stalls some, pod namespaces vanish in the
-middle of ADDs, and one node's state directory (a tiny tmpfs) fills up. Afterwards, once the
-runtime has run CNI GC with the pods it still has, the invariants must hold:
+middle of ADDs, and one node's state directory (a tiny tmpfs) fills up. The agents talk to a
+fake Kubernetes API server (served inside each node namespace) that holds the Nodes and the
+pods (created before their ADD, deleted after their DEL or failed ADD); its watches are
+dropped again and again, once after a compaction (so a watch must relist after 410 Gone),
+and it goes down for a moment once. Afterwards the agents' pod GC must have released every
+allocation whose pod is gone from the API server; then, once the runtime has run CNI GC
+with the pods it still has, the invariants must hold:
 
 - no IP held by two pods (the pods' results and the agents' allocations);
 - no IP assigned in the cloud to one of our ENIs that the node's store does not know, and no
   ENI of ours left unattached;
 - no allocation without a live pod, none marked lost, and every live pod has its allocation;
 - no host veth, rule or route of a dead pod in any node namespace;
-- every live pod answers a ping from its node, and pods on the two nodes reach each other.
+- every live pod answers a ping from its node, and pods on the two nodes reach each other;
+- no allocation whose pod is gone from the API server, and both Nodes carry the
+  ``UnderlayIPAvailable`` condition.
 
 ``make test`` runs the fast version (5 kills); ``make chaos`` the full one (20 kills).
 The random choices are seeded, but threads and kills race by design, so each run differs.
@@ -31,6 +38,10 @@ from pathlib import Path
 
 import pytest
 
+from fake_apiserver import FakeApiServer
+from fake_apiserver.cluster import Kube, count_log_lines, stale_allocations, wait_for_pod_gc
+from fake_apiserver.disrupt import Disruptions, disrupt
+
 from cloud.emulator.harness import Cluster, HarnessError, Node, Pod
 from cloud.emulator.harness_io import wait_until
 from cloud.types import TAG_CLUSTER
@@ -38,13 +49,18 @@ from cloud.types import TAG_CLUSTER
 SEED = 20261129
 AGENT_OVERRIDES = {"cooldown_seconds": 0.5, "borrow_wait_seconds": 5.0, "snat": False,
                    "reconcile_interval": 2.0, "leaked_eni_age": 1.0,
-                   "leaked_eni_interval": 2.0}
+                   "leaked_eni_interval": 2.0, "kube_timeout": 2.0,
+                   "kube_boot_wait": 2.0, "kube_gc_grace": 1.0, "kube_gc_interval": 0.5,
+                   "kube_status_interval": 0.5, "kube_event_interval": 60.0}
+CONDITION = "UnderlayIPAvailable"
+POD_GC_SECONDS = 30.0
 FAULTS = [{"action": "*", "kind": "throttle", "rate": 0.3},
           {"action": "*", "kind": "5xx", "rate": 0.05},
           {"action": "*", "kind": "timeout", "rate": 0.05, "seconds": 0.5}]
 ATTACH_LATENCY = 0.5
 MAX_PODS_PER_NODE = 12
 SABOTAGE_EVERY = 5  # every 5th ADD loses its namespace while libcni runs
+LOSE_EVERY = 6  # every 6th pod removal: the runtime lost the sandbox, no DEL ever comes
 STATE_TMPFS = "16m"  # room for SQLite's WAL (up to ~4 MiB before a checkpoint)
 SETTLE_SECONDS = 45.0
 FINAL_PODS_PER_NODE = 3
@@ -57,6 +73,7 @@ class Stats:
     dels: int = 0
     failed_dels: int = 0
     sabotaged: int = 0
+    lost: int = 0
     kills: int = 0
     disk_full_failures: int = 0
     disk_full_agent_exited: bool = False
@@ -85,29 +102,33 @@ def delete_netns_when_it_appears(netns: str, delay: float, stop: threading.Event
                        check=False)
 
 
-def try_delete(cluster: Cluster, pod: Pod, terminating: list[Pod], stats: Stats) -> None:
+def try_delete(kube: Kube, pod: Pod, terminating: list[Pod], stats: Stats) -> None:
     """DEL ``pod``; a failed DEL leaves it terminating, to be retried (as kubelet does)."""
     try:
-        cluster.del_pod(pod)
+        kube.del_pod(pod)
         stats.count("dels")
     except HarnessError as exc:
         terminating.append(pod)
         stats.count("failed_dels", str(exc))
 
 
-def churn(cluster: Cluster, node: Node, rng: random.Random, stop: threading.Event,
+def churn(kube: Kube, node: Node, rng: random.Random, stop: threading.Event,
           stats: Stats, terminating: list[Pod]) -> None:
     """ADD and DEL pods on ``node`` until ``stop``. A pod whose DEL failed never comes back:
     it stays in ``terminating`` and its DEL is retried first."""
-    mine: list[Pod] = []
-    serial = 0
+    cluster, mine, serial, removals = kube.cluster, [], 0, 0
     while not stop.is_set():
         if terminating:
-            try_delete(cluster, terminating.pop(0), terminating, stats)
+            try_delete(kube, terminating.pop(0), terminating, stats)
             stop.wait(0.05)
             continue
         if mine and (len(mine) >= MAX_PODS_PER_NODE or rng.random() < 0.4):
-            try_delete(cluster, mine.pop(rng.randrange(len(mine))), terminating, stats)
+            removals += 1
+            if removals % LOSE_EVERY == 0:
+                kube.lose_pod(mine.pop(rng.randrange(len(mine))))
+                stats.count("lost")
+            else:
+                try_delete(kube, mine.pop(rng.randrange(len(mine))), terminating, stats)
             continue
         serial += 1
         name = f"c{node.index}n{serial}"
@@ -119,7 +140,7 @@ def churn(cluster: Cluster, node: Node, rng: random.Random, stop: threading.Even
             saboteur.start()
             stats.count("sabotaged")
         try:
-            pod, error = cluster.add_pod(node, name), ""
+            pod, error = kube.add_pod(node, name), ""
         except HarnessError as exc:
             stats.count("failed_adds", str(exc))
             pod, error = None, str(exc)
@@ -132,17 +153,17 @@ def churn(cluster: Cluster, node: Node, rng: random.Random, stop: threading.Even
             continue
         stats.count("adds")
         if not os.path.exists(pod.netns_path):  # the sandbox died under a successful ADD:
-            try_delete(cluster, pod, terminating, stats)  # DEL with the netns gone
+            try_delete(kube, pod, terminating, stats)  # DEL with the netns gone
             continue
         mine.append(pod)
 
 
-def ensure_agent(cluster: Cluster, node: Node) -> None:
-    agent = cluster.agents.get(node.name)
+def ensure_agent(kube: Kube, node: Node) -> None:
+    agent = kube.cluster.agents.get(node.name)
     if agent is not None and agent.process.poll() is None:
         return
-    cluster.stop_agent(node)  # forget an exited one
-    cluster.run_agent(node, AGENT_OVERRIDES, timeout=60.0)
+    kube.cluster.stop_agent(node)  # forget an exited one
+    kube.cluster.run_agent(node, kube.overrides(node, AGENT_OVERRIDES), timeout=60.0)
 
 
 def fill_disk(directory: Path) -> Path:
@@ -160,17 +181,18 @@ def fill_disk(directory: Path) -> Path:
     return filler
 
 
-def kill_loop(cluster: Cluster, kills: int, rng: random.Random, stats: Stats,
+def kill_loop(kube: Kube, kills: int, rng: random.Random, stats: Stats,
               full_node: Node) -> None:
     """SIGKILL a random agent at a random instant, restart it; midway, fill ``full_node``'s
     state disk for a few seconds of churn, then free it."""
+    cluster = kube.cluster
     for k in range(kills):
         time.sleep(rng.uniform(0.2, 1.5))
         node = rng.choice(cluster.nodes)
         cluster.stop_agent(node, kill=True)
         stats.count("kills")
         time.sleep(rng.uniform(0.0, 0.3))  # DELs and ADDs meet a dead agent
-        ensure_agent(cluster, node)
+        ensure_agent(kube, node)
         if k == kills // 2:
             filler = fill_disk(full_node.workdir / "state")
             failures = stats.failed_adds + stats.failed_dels
@@ -179,7 +201,7 @@ def kill_loop(cluster: Cluster, kills: int, rng: random.Random, stats: Stats,
             stats.disk_full_errors = stats.errors[-3:]
             stats.disk_full_agent_exited = cluster.agents[full_node.name].process.poll() is not None
             filler.unlink(missing_ok=True)
-            ensure_agent(cluster, full_node)  # it may have exited on the full disk
+            ensure_agent(kube, full_node)  # it may have exited on the full disk
 
 
 @contextlib.contextmanager
@@ -220,10 +242,15 @@ def ping(cluster: Cluster, source: Node | Pod, address: str) -> bool:
                            check=False).returncode == 0
 
 
-def find_violations(cluster: Cluster) -> list[str]:
+def find_violations(kube: Kube) -> list[str]:
     """Every invariant that does not hold right now, each named with its evidence."""
+    cluster = kube.cluster
     assert cluster.cloud is not None and cluster.world is not None
-    problems: list[str] = []
+    problems: list[str] = stale_allocations(kube)
+    for node in cluster.nodes:
+        conditions = kube.api.get("nodes", node.name).get("status", {}).get("conditions", [])
+        if not any(c.get("type") == CONDITION for c in conditions):
+            problems.append(f"{node.name}: no {CONDITION} condition on the Node: {conditions}")
     live = list(cluster.pods.values())
     ips = [p.ip for p in live]
     if len(ips) != len(set(ips)):
@@ -309,25 +336,30 @@ def check_reachable(cluster: Cluster) -> list[str]:
 
 # -- the test ------------------------------------------------------------------------------
 def run_chaos(kills: int) -> None:
-    with Cluster(nodes=2, subnet_cidrs=("10.0.0.0/24", "10.0.1.0/24")) as cluster:
+    with Cluster(nodes=2, subnet_cidrs=("10.0.0.0/24", "10.0.1.0/24")) as cluster, \
+            FakeApiServer() as api:
         assert cluster.cloud is not None
+        kube = Kube(cluster, api)
         full_node = cluster.nodes[1]
         with tmpfs_at(full_node.workdir / "state", STATE_TMPFS):
             for node in cluster.nodes:
-                cluster.run_agent(node, AGENT_OVERRIDES)
+                kube.register(node)
+                cluster.run_agent(node, kube.overrides(node, AGENT_OVERRIDES))
             control = cluster.cloud.control
             control.set_attach_latency(ATTACH_LATENCY)
             control.set_faults(FAULTS, seed=SEED)
-            stats, stop = Stats(), threading.Event()
+            stats, stop, disruptions = Stats(), threading.Event(), Disruptions()
             rng = random.Random(SEED)
             terminating: list[list[Pod]] = [[] for _ in cluster.nodes]
             workers = [threading.Thread(target=churn, args=(
-                cluster, node, random.Random(SEED + i), stop, stats, terminating[i]))
+                kube, node, random.Random(SEED + i), stop, stats, terminating[i]))
                 for i, node in enumerate(cluster.nodes)]
+            workers.append(threading.Thread(target=disrupt, args=(
+                api, stop, random.Random(SEED - 1), disruptions)))
             for worker in workers:
                 worker.start()
             try:
-                kill_loop(cluster, kills, rng, stats, full_node)
+                kill_loop(kube, kills, rng, stats, full_node)
             finally:
                 stop.set()
                 for worker in workers:
@@ -335,10 +367,15 @@ def run_chaos(kills: int) -> None:
             assert not any(w.is_alive() for w in workers)
             control.clear_faults()
             for node in cluster.nodes:
-                ensure_agent(cluster, node)
+                ensure_agent(kube, node)
             for pods in terminating:  # the runtime retries failed DELs until they succeed
                 for pod in list(pods):
-                    cluster.del_pod(pod)
+                    kube.del_pod(pod)
+            stale_after_churn = len(stale_allocations(kube))
+            stale = wait_for_pod_gc(kube, POD_GC_SECONDS)
+            assert not stale, "pod GC left allocations of pods gone from the API server:\n" \
+                + "\n".join(stale + log_evidence(cluster, stale))
+            pod_gc = count_log_lines(cluster, "pod GC: released")
             orphans = 0
             for node in cluster.nodes:  # the runtime's GC with the pods it still has
                 live = [p for p in cluster.pods.values() if p.node.name == node.name]
@@ -346,21 +383,27 @@ def run_chaos(kills: int) -> None:
                 collect_garbage(cluster, node, live)
             for node in cluster.nodes:  # pods that must be wired right after the chaos
                 for i in range(FINAL_PODS_PER_NODE):
-                    cluster.add_pod(node, f"f{node.index}n{i}")
+                    kube.add_pod(node, f"f{node.index}n{i}")
             problems: list[str] = []
 
             def holds() -> bool:
-                problems[:] = find_violations(cluster)
+                problems[:] = find_violations(kube)
                 return not problems
 
             settled = wait_until(holds, SETTLE_SECONDS, step=1.0)
             print(f"chaos: {stats.kills} kills, {stats.adds} ADDs ({stats.failed_adds} failed,"
-                  f" {stats.sabotaged} sabotaged), {stats.dels} DELs ({stats.failed_dels} "
+                  f" {stats.sabotaged} sabotaged), {stats.lost} sandboxes lost without DEL, {stats.dels} DELs ({stats.failed_dels} "
                   f"failed), {stats.disk_full_failures} failures while the disk was full, "
                   f"namespace deleted during ADD: {stats.sabotage}, "
                   f"{len(cluster.pods)} pods live, {orphans} allocations of dead pods "
-                  f"released by GC; refused by EC2: "
+                  f"released by CNI GC; refused by EC2: "
                   f"{sum(control.refused_counts().values())}")
+            print(f"API server: {disruptions.drops} watch drops, {disruptions.compactions} "
+                  f"compaction, {disruptions.outages} outage; agents relisted after 410 "
+                  f"{count_log_lines(cluster, '; relisting')} times; pod GC released "
+                  f"{pod_gc} allocations, reconcile (netns gone) "
+                  f"{count_log_lines(cluster, ' is gone)')} ({stale_after_churn} stale right "
+                  "after the churn)")
             print(f"disk full: agent exited {stats.disk_full_agent_exited}; last errors:\n"
                   + "\n".join(stats.disk_full_errors))
             assert settled, "\n".join(problems + ["-- agent log lines about them:"]
@@ -369,6 +412,9 @@ def run_chaos(kills: int) -> None:
             assert stats.kills == kills
             assert stats.adds >= kills, f"too little churn to mean anything: {stats}"
             assert stats.sabotaged >= 1
+            assert disruptions.compactions == 1 and disruptions.outages == 1, disruptions
+            assert disruptions.drops >= 3, disruptions
+            assert stats.lost >= 1 and pod_gc >= 1, f"pod GC never ran: {stats}"
 
 
 @pytest.mark.parametrize("kills", [

@@ -73,6 +73,15 @@ def parse_route(path: str) -> Route | None:
     return Route(rest[0], namespace, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else "")
 
 
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-request (a killed agent) is routine, not a traceback."""
+        logger.debug("fake apiserver: request from %s ended abruptly", client_address,
+                     exc_info=True)
+
+
 class FakeApiServer:
     """Start with :meth:`start` (or as a context manager); ``url`` is the client's host."""
 
@@ -86,7 +95,7 @@ class FakeApiServer:
         self.down = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._listeners: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+        self._listeners: list[tuple[_Listener, threading.Thread]] = []
         self._netns_paths: list[str] = []
         self.port = 0
 
@@ -102,14 +111,13 @@ class FakeApiServer:
         """Serve on 127.0.0.1:<port>: the root namespace's, or that of ``netns_path``."""
         handler = type("Handler", (_Handler,), {"api": self})
         if netns_path is None:
-            httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+            httpd = _Listener(("127.0.0.1", self.port), handler)
             self.port = httpd.server_address[1]
         else:
             sock = open_socket_in_netns(netns_path, self.port)
-            httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler, bind_and_activate=False)
+            httpd = _Listener(("127.0.0.1", self.port), handler, bind_and_activate=False)
             httpd.socket.close()
             httpd.socket = sock
-        httpd.daemon_threads = True
         thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                   name=f"fake-apiserver-{self.port}", daemon=True)
         thread.start()
