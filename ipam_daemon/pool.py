@@ -240,7 +240,7 @@ class Pool:
             except ce.NotFound:
                 pass  # already gone: forget them
             except BaseException:
-                self.store.unreserve(ips)
+                self._settle_by_reconcile()
                 raise
             self.store.remove_addresses(ips)
         elif action.kind is Kind.DELETE_ENI:
@@ -298,10 +298,18 @@ class Pool:
         except ce.NotFound:
             pass
         except BaseException:
-            self.store.unreserve(ips, eni_id)
+            self._settle_by_reconcile()
             raise
         self.store.remove_eni(eni_id)
         logger.info("pool: deleted idle ENI %s", eni_id)
+
+    def _settle_by_reconcile(self) -> None:
+        """A give-back failed, and a failure does not say whether the cloud did it: a timed
+        out or retried call may have been carried out. Making the addresses free again on a
+        guess could hand a pod an address the cloud already took back; they stay releasing
+        (never borrowable) until the next step's reconcile reads what the cloud holds and
+        frees exactly those still there."""
+        self._next_reconcile = self._monotonic()
 
     def _record_failure(self, action: Action, exc: ce.CloudError) -> None:
         if self.metrics:

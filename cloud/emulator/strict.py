@@ -5,7 +5,9 @@ Per EC2 call, in order:
      by the world builder) skips counting, buckets and faults, never the rules;
   2. take a token from the action's bucket or refuse with RequestLimitExceeded (503);
   3. maybe inject a fault: throttle (RequestLimitExceeded 503), 5xx (InternalError 500),
-     timeout (stall, then InternalError 500); a refused or faulted call changes nothing;
+     timeout (stall, then InternalError 500); a refused or faulted call changes nothing,
+     except lost_reply: the call is carried out and its answer replaced by InternalError
+     (what a client sees when EC2 acted but the reply was lost or timed out);
   4. AttachNetworkInterface: validate, then wait the attach latency (outside the lock);
   5. under one lock: check the rules against moto's state (rules.py), rewrite the request
      where the layer decides for moto (addresses), pass it to moto, fix up the answer.
@@ -68,8 +70,10 @@ class StrictLayer:
         region = self._request_region(environ)
         setup = environ.get(SETUP_HEADER) == "1"
         try:
-            if not setup:
-                self._admit(request)
+            lost_reply = False if setup else self._admit(request)
+            if lost_reply:
+                self._serve(request, region, environ, lambda status, headers: None)
+                raise Refusal("InternalError", "An internal error has occurred.", 500)
             return self._serve(request, region, environ, start_response)
         except Refusal as refusal:
             if not setup:
@@ -85,8 +89,9 @@ class StrictLayer:
         match = _REGION_IN_AUTH.search(environ.get("HTTP_AUTHORIZATION", ""))
         return match.group(1) if match else self.region
 
-    def _admit(self, request: ApiRequest) -> None:
-        """Count, bucket and fault checks that may refuse a call before any rule runs."""
+    def _admit(self, request: ApiRequest) -> bool:
+        """Count, bucket and fault checks that may refuse a call before any rule runs; True
+        when the call is to be carried out but its answer lost."""
         knobs = self.knobs
         knobs.counts.count_call(request.action)
         filtered = request.has_prefix("Filter") or any(
@@ -95,7 +100,9 @@ class StrictLayer:
             raise Refusal("RequestLimitExceeded", "Request limit exceeded.", 503)
         fault = knobs.faults.pick(request.action)
         if fault is None:
-            return
+            return False
+        if fault.kind == "lost_reply":
+            return True
         if fault.kind == "throttle":
             raise Refusal("RequestLimitExceeded", "Request limit exceeded.", 503)
         if fault.kind == "timeout":

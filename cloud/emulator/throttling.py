@@ -16,7 +16,7 @@ from cloud.emulator.settings import DEFAULT_BUCKETS, BucketSpec
 
 logger = logging.getLogger(__name__)
 
-FAULT_KINDS = ("throttle", "5xx", "timeout")
+FAULT_KINDS = ("throttle", "5xx", "timeout", "lost_reply")
 
 
 class TokenBuckets:
