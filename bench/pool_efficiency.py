@@ -15,21 +15,22 @@ call or a cooldown), mutating EC2 calls by action, ADD wait p50/p99; and the rat
 underlay / aws-default. The issue's target: at most a third of the idle IP-seconds, no more
 misses, no more cloud calls.
 
-The policy's constants (two-batch band, headroom 4, eni_min_age 7200) were tuned on seeds 1-3
-at 3 s; seeds 4-8 and create latencies of 1 s and 10 s are held out (``--first-seed 4
---seeds 5``, ``--create-latency``). Underlay / aws-default, 6 h per seed:
+The policy's constants (two-batch band, headroom 4, +1 warm in a burst, eni_min_age 7200) were
+tuned on seeds 1-3 at 3 s; seeds 4-8 and create latencies of 1 s and 10 s are held out
+(``--first-seed 4 --seeds 5``, ``--create-latency``). Underlay / aws-default, 6 h per seed:
 
     seeds  latency  idle IP-s  misses    mutating calls
-    1-3    3 s      0.523x     2 vs 1    216 vs 220
-    1-3    1 s      0.522x     2 vs 0    216 vs 220
-    1-3    10 s     0.525x     17 vs 30  216 vs 220
-    4-8    3 s      0.521x     3 vs 2    335 vs 439
-    4-8    1 s      0.518x     3 vs 0    335 vs 419
-    4-8    10 s     0.520x     21 vs 35  335 vs 419
+    1-3    3 s      0.528x     0 vs 1    223 vs 220
+    1-3    1 s      0.527x     0 vs 0    223 vs 220
+    1-3    10 s     0.533x     15 vs 30  222 vs 220
+    4-8    3 s      0.529x     1 vs 2    347 vs 439
+    4-8    1 s      0.526x     1 vs 0    347 vs 419
+    4-8    10 s     0.529x     19 vs 35  348 vs 419
 
 (before: 0.417x, 67 vs 1 misses, 611 vs 220 calls on seeds 1-3 at 3 s). The idle target
-(a third) is missed: the band keeps warm + 0..2 batches free (mean 6.5 idle IPs against
-AWS's 12.4); a narrower band or a lower release point costs calls or misses on this trace.
+(a third) is missed: the band keeps warm + 0..2 batches free (mean 6.56 idle IPs against
+AWS's 12.4); a narrower band or a lower release point costs calls or misses on this trace,
+and the calls on seeds 1-3 are 1% over (without the burst surge: 216 calls but 2 misses).
 """
 from __future__ import annotations
 

@@ -26,6 +26,9 @@ Hysteresis (tuned on ``bench.pool_efficiency``'s churn trace, seeds 1-3; see its
   the peak demand of the last ``eni_min_age`` seconds plus the warm addresses and the
   headroom (``Demand.peak``, measured by the loop): deleting the second ENI as soon as
   the first covered the warm target made it come and go around 8 pods (46% of the calls).
+- bursts: while the assigned count has risen by ``surge_rise`` within ``RISE_WINDOW``
+  (``Demand.rise``), ``surge_ips`` more addresses are kept warm, so two borrows during one
+  refill call do not find the pool empty.
 """
 from __future__ import annotations
 
@@ -83,6 +86,8 @@ class Targets:
     batch_size: int = 4
     eni_min_age: float = 60.0  # also the horizon of ``Demand.peak`` for ENI deletion
     eni_headroom: int = 4  # reachable addresses below warm + this: attach the next ENI
+    surge_rise: int = 5  # a rise of this many assigned within RISE_WINDOW is a burst ...
+    surge_ips: int = 1  # ... during which this many more addresses are kept warm
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class Demand:
     """Recent history, measured by the loop and passed in as data (no clock in here)."""
 
     peak: int = 0  # most addresses assigned at once over the last ``eni_min_age`` seconds
+    rise: int = 0  # assigned now minus the fewest assigned over the last RISE_WINDOW seconds
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,16 @@ def eni_ceiling(targets: Targets, limits: Limits) -> int:
     return limits.max_enis
 
 
-def want_available(targets: Targets, limits: Limits) -> int:
-    return max(targets.warm_ips, targets.warm_enis * limits.secondary_per_eni)
+RISE_WINDOW = 30.0  # seconds: how far back ``Demand.rise`` looks
+
+
+def want_available(targets: Targets, limits: Limits, demand: Demand | None = None) -> int:
+    """The warm target; one ``surge_ips`` higher while pods arrive in a burst (a refill is
+    under way when the next borrows come: the last warm address must not be the only one)."""
+    want = max(targets.warm_ips, targets.warm_enis * limits.secondary_per_eni)
+    if demand is not None and targets.surge_rise and demand.rise >= targets.surge_rise:
+        want += targets.surge_ips
+    return want
 
 
 def eni_headroom(targets: Targets, limits: Limits) -> int:
@@ -140,14 +154,16 @@ def eni_headroom(targets: Targets, limits: Limits) -> int:
     return min(targets.eni_headroom, limits.secondary_per_eni // 2)
 
 
-def shortfall(t: Totals, targets: Targets, limits: Limits) -> int:
-    return max(want_available(targets, limits) - t.available, targets.min_ips - t.total, 0)
+def shortfall(t: Totals, targets: Targets, limits: Limits,
+              demand: Demand | None = None) -> int:
+    return max(want_available(targets, limits, demand) - t.available,
+               targets.min_ips - t.total, 0)
 
 
 def surplus(t: Totals, targets: Targets, limits: Limits) -> int:
     """Idle addresses to free now: none until two batches lie above the warm target (and
     the minimum), then all but one batch."""
-    want = want_available(targets, limits)
+    want = want_available(targets, limits)  # not a burst's: the band stays where it is
     above = min(t.available - want, t.total - targets.min_ips)
     over = above - targets.batch_size if above >= 2 * targets.batch_size else 0
     if targets.max_ips and t.total - over > targets.max_ips:
@@ -161,19 +177,20 @@ def decide(enis: tuple[EniCounts, ...], targets: Targets, limits: Limits,
     ``demand``: the loop's recent history (none: the current assignment is the peak)."""
     t = sum_counts(enis)
     peak = max(demand.peak if demand else 0, t.assigned)
-    short = shortfall(t, targets, limits)
+    short = shortfall(t, targets, limits, demand)
     if short:
         return _grow(enis, t, short, targets, limits)
-    ahead = _eni_ahead(enis, t, targets, limits)
+    ahead = _eni_ahead(enis, t, targets, limits, demand)
     if ahead is not None:
         return ahead
-    return _shrink(enis, t, surplus(t, targets, limits), peak, targets, limits)
+    return _shrink(enis, t, surplus(t, targets, limits), peak, targets, limits, demand)
 
 
-def _eni_ahead(enis, t: Totals, targets: Targets, limits: Limits) -> Action | None:
+def _eni_ahead(enis, t: Totals, targets: Targets, limits: Limits,
+               demand: Demand | None) -> Action | None:
     """An empty ENI attached before the attached ones run out of room."""
     reach = t.available + sum(e.room for e in enis)
-    want = want_available(targets, limits) + eni_headroom(targets, limits)
+    want = want_available(targets, limits, demand) + eni_headroom(targets, limits)
     if reach >= want or len(enis) >= eni_ceiling(targets, limits):
         return None
     if targets.max_ips and t.total + reach >= targets.max_ips:
@@ -193,8 +210,10 @@ def _grow(enis, t: Totals, short: int, targets: Targets, limits: Limits) -> Acti
     if targets.max_ips:
         step = min(step, targets.max_ips - t.total)
     roomy = [e for e in enis if e.room]
-    if roomy:  # the first ENI that takes the whole step in one call, else the roomiest
-        eni = next((e for e in roomy if e.room >= step), max(roomy, key=lambda e: e.room))
+    if roomy:  # the first ENI with room for a batch (low ENIs fill first, high ones can
+        # empty), else the first that takes the whole step in one call, else the roomiest
+        eni = next((e for e in roomy if e.room >= min(step, targets.batch_size)), None) or \
+            next((e for e in roomy if e.room >= step), max(roomy, key=lambda e: e.room))
         return Action(Kind.ASSIGN, min(step, eni.room), eni.eni_id,
                       f"short {short}: {t.available} available, {t.total} held")
     ceiling = eni_ceiling(targets, limits)
@@ -207,9 +226,9 @@ def _grow(enis, t: Totals, short: int, targets: Targets, limits: Limits) -> Acti
                   blocker=Blocker.ENI_LIMIT)
 
 
-def _shrink(enis, t: Totals, over: int, peak: int, targets: Targets,
-            limits: Limits) -> Action:
-    want = want_available(targets, limits)
+def _shrink(enis, t: Totals, over: int, peak: int, targets: Targets, limits: Limits,
+            demand: Demand | None) -> Action:
+    want = want_available(targets, limits, demand)
     need = peak + want + eni_headroom(targets, limits)
     # An ENI with nothing assigned or cooling is deleted whole when the others could have
     # held the recent peak; higher device indexes first, never the primary, never a young one.
@@ -239,24 +258,31 @@ def _shrink(enis, t: Totals, over: int, peak: int, targets: Targets,
 
 
 class PeakWindow:
-    """The most addresses assigned at once among the samples of the last ``window`` seconds.
-    The loop feeds it its own clock's reading with each sample: nothing here reads time.
-    A monotonic queue: each sample is pushed and dropped once."""
+    """From samples of the assigned count: the most among those of the last ``window``
+    seconds (``Demand.peak``) and the rise over the fewest of the last ``RISE_WINDOW``
+    (``Demand.rise``). The loop feeds it its own clock's reading with each sample: nothing
+    here reads time. Two monotonic queues: each sample is pushed and dropped once."""
 
     def __init__(self, window: float) -> None:
         if window < 0:
             raise ValueError(f"window must be >= 0 seconds, got {window!r}")
         self.window = window
-        self._samples: deque[tuple[float, int]] = deque()
+        self._highs: deque[tuple[float, int]] = deque()
+        self._lows: deque[tuple[float, int]] = deque()
 
     def observe(self, now: float, assigned: int) -> Demand:
-        samples = self._samples
-        while samples and samples[-1][1] <= assigned:
-            samples.pop()
-        samples.append((now, assigned))
-        while samples[0][0] < now - self.window:
-            samples.popleft()
-        return Demand(peak=samples[0][1])
+        highs, lows = self._highs, self._lows
+        while highs and highs[-1][1] <= assigned:
+            highs.pop()
+        highs.append((now, assigned))
+        while highs[0][0] < now - self.window:
+            highs.popleft()
+        while lows and lows[-1][1] >= assigned:
+            lows.pop()
+        lows.append((now, assigned))
+        while lows[0][0] < now - RISE_WINDOW:
+            lows.popleft()
+        return Demand(peak=highs[0][1], rise=assigned - lows[0][1])
 
 
 # ---- AWS VPC CNI, for comparison ---------------------------------------------------------

@@ -73,6 +73,7 @@ class Pool:
         self._backoff_until = 0.0
         self._backoff = 0.0
         self._last_shrink = -float("inf")
+        self._no_ahead_until = 0.0  # an ENI ahead would take an address a pod could use
         self._next_reconcile = 0.0
         self._next_leak_gc = 0.0
         self._thread: threading.Thread | None = None
@@ -198,6 +199,8 @@ class Pool:
             return False
         if self._cordoned and action.kind in (Kind.ASSIGN, Kind.CREATE_ENI):
             return False
+        if action.kind is Kind.CREATE_ENI and not action.count and now < self._no_ahead_until:
+            return False
         if action.kind in (Kind.UNASSIGN, Kind.DELETE_ENI):
             if now - self._last_shrink < self.config.shrink_interval:
                 return False
@@ -264,6 +267,11 @@ class Pool:
         from cloud.provision import provision_eni
 
         subnet_id, count = self._pick_subnet(count)
+        if not count and not self._subnet_spares_an_eni(subnet_id):
+            self._no_ahead_until = self._monotonic() + self.config.subnet_full_backoff
+            logger.info("pool: no ENI ahead: subnet %s cannot spare an address for an empty"
+                        " ENI beyond the room on the attached ones", subnet_id)
+            return
         eni = provision_eni(self.cloud, self.node.instance, self.node.limits, subnet_id,
                             self.node.security_groups, count, self.node.cluster,
                             self.node.name)
@@ -273,6 +281,13 @@ class Pool:
         self.store.add_eni(record, eni.secondary_ips)
         logger.info("pool: ENI %s attached at device %d with %d addresses", eni.id,
                     record.device_index, len(eni.secondary_ips))
+
+    def _subnet_spares_an_eni(self, subnet_id: str) -> bool:
+        """An empty ENI ahead takes one subnet address (its primary): only when the subnet
+        still has more than the attached ENIs' room, so no pod loses that address."""
+        room = sum(c.room for c in self.counts())
+        free = next((s.free_addresses for s in self.subnets.describe([subnet_id])), 0)
+        return free > room + 1
 
     def _pick_subnet(self, count: int) -> tuple[str, int]:
         """The configured subnet with the most free addresses, and how many secondary

@@ -56,8 +56,8 @@ def test_every_policy_keeps_the_invariants(name):
 
 def test_underlay_tiny_trace_by_hand():
     # warm 2, batch 4: boot assigns 4; the 3rd pod takes available to 1 -> one more batch of 4
-    # (5 available + 1 room = warm + headroom: no ENI ahead); after all leave and cool, 8 free
-    # are 6 above warm, under two batches (8): kept, no Unassign call.
+    # (3 pods in 30 s is no burst; 5 available + 1 room = warm + headroom: no ENI ahead);
+    # after all leave and cool, 8 free are 6 above warm, under two batches (8): kept.
     trace = tiny(("a", 10.0, 1000.0), ("b", 20.0, 1000.0), ("c", 30.0, 1000.0))
     r = simulate("u", trace, pe.sim_config(), underlay_loop(policy.decide, pe.underlay_targets()))
     assert r.calls == {"AssignPrivateIpAddresses": 2}
@@ -131,3 +131,12 @@ def test_underlay_loop_hands_the_policy_the_recent_peak():
     simulate("u", trace, pe.sim_config(), underlay_loop(recording, Targets(eni_min_age=100.0)))
     assert (2, 2) in seen and (0, 2) in seen  # after both left, the peak of 2 is remembered
     assert all(peak >= assigned for assigned, peak in seen)
+
+
+def test_a_burst_of_five_pods_gets_an_empty_eni_ahead():
+    # five pods within 30 s: a burst (warm 2 + 1); after the refill to 5 available the
+    # reach (5 + 0 room) is below warm 3 + headroom 4: an empty ENI is attached ahead
+    trace = tiny(*((f"p{i}", 10.0 + i, 1000.0) for i in range(5)))
+    r = simulate("u", trace, pe.sim_config(), underlay_loop(policy.decide, pe.underlay_targets()))
+    assert r.calls.get("CreateNetworkInterface") == 1 and r.peak_enis == 2, r.calls
+    assert r.misses == 0 and r.peak_held <= 9  # the new ENI holds no secondary address

@@ -222,3 +222,22 @@ def test_peak_window_keeps_the_most_assigned_of_the_window():
 def test_peak_window_refuses_a_negative_window():
     with pytest.raises(ValueError, match="window must be >= 0"):
         PeakWindow(-1.0)
+
+
+def test_a_burst_keeps_one_more_address_warm():
+    enis = (eni(P, free=2, assigned=3, primary=True),)
+    calm = decide(enis, Targets(warm_ips=2), M5L, Demand(peak=3, rise=4))
+    assert calm.kind is Kind.NOTHING, calm
+    burst = decide(enis, Targets(warm_ips=2, surge_rise=3), M5L, Demand(peak=3, rise=3))
+    assert (burst.kind, burst.count, burst.eni_id) == (Kind.ASSIGN, 4, P), burst
+    off = decide(enis, Targets(warm_ips=2, surge_rise=0), M5L, Demand(peak=3, rise=9))
+    assert off.kind is Kind.NOTHING, off
+
+
+def test_peak_window_measures_the_rise_over_the_last_30_seconds():
+    window = PeakWindow(600.0)
+    assert window.observe(0.0, 5).rise == 0
+    assert window.observe(10.0, 3).rise == 0
+    assert window.observe(20.0, 7).rise == 4  # from the 3 of t=10
+    assert window.observe(39.0, 8).rise == 5
+    assert window.observe(41.0, 8) == Demand(peak=8, rise=1)  # the 3 has left; the 7 has not
