@@ -6,6 +6,7 @@ import heapq
 import itertools
 import logging
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 from ipam_daemon.policy import Action, Kind, PeakWindow, Targets
@@ -69,7 +70,8 @@ class UnderlayLoop:
         self.sleeping = False
         node, config = self.sim.node, self.sim.config
         counts = node.counts()
-        demand = self.peaks.observe(node.now, sum(c.assigned for c in counts))
+        demand = replace(self.peaks.observe(node.now, sum(c.assigned for c in counts)),
+                         waiting=len(self.sim.pending))  # as pool.py's waiting borrows
         action = self.decide(counts, self.targets, config.limits, demand)
         if action.kind is Kind.NOTHING:
             return self._sleep()

@@ -106,6 +106,7 @@ class Demand:
 
     peak: int = 0  # most addresses assigned at once over the last ``eni_min_age`` seconds
     rise: int = 0  # assigned now minus the fewest assigned over the last RISE_WINDOW seconds
+    waiting: int = 0  # borrows waiting right now because no address was free
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,12 @@ def want_available(targets: Targets, limits: Limits, demand: Demand | None = Non
     """The warm target; one ``surge_ips`` higher while pods arrive in a burst (a refill is
     under way when the next borrows come: the last warm address must not be the only one)."""
     want = max(targets.warm_ips, targets.warm_enis * limits.secondary_per_eni)
-    if demand is not None and targets.surge_rise and demand.rise >= targets.surge_rise:
+    if demand is None:
+        return want
+    if targets.surge_rise and demand.rise >= targets.surge_rise:
         want += targets.surge_ips
-    return want
+    # a pod waiting for an address is demand whatever the targets (warm_ips 0 included)
+    return want + demand.waiting
 
 
 def eni_headroom(targets: Targets, limits: Limits) -> int:

@@ -15,10 +15,12 @@ unavailable: exponential up to 30 s) and remembers why: a borrow that starves re
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 from cloud import errors as ce
 from cloud.api import Cloud
@@ -78,6 +80,8 @@ class Pool:
         self._next_leak_gc = 0.0
         self._thread: threading.Thread | None = None
         self._peaks = PeakWindow(config.eni_min_age)  # demand history for ENI deletion
+        self._waiting = 0  # borrows waiting for an address (see waiting_borrow)
+        self._waiting_lock = threading.Lock()
 
     # ---- what borrowers see -------------------------------------------------------------
 
@@ -104,6 +108,18 @@ class Pool:
     def wake(self) -> None:
         """A borrow took the pool below target, or found it empty: act now."""
         self._wake.set()
+
+    @contextlib.contextmanager
+    def waiting_borrow(self) -> Iterator[None]:
+        """A borrow found no free address and waits: the policy counts it as demand."""
+        with self._waiting_lock:
+            self._waiting += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
 
     def wait_for_change(self, timeout: float) -> None:
         with self._changed:
@@ -192,7 +208,8 @@ class Pool:
             return False
         counts = self.counts()
         self._peaks.window = self.targets.eni_min_age
-        demand = self._peaks.observe(now, sum(c.assigned for c in counts))
+        demand = replace(self._peaks.observe(now, sum(c.assigned for c in counts)),
+                         waiting=self._waiting)
         action = decide(counts, self.targets, self.limits, demand)
         if action.kind is Kind.NOTHING:
             self._note_policy_blocker(action)

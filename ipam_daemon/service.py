@@ -126,16 +126,20 @@ class Service:
     def borrow(self, key: AllocationKey, pod: PodInfo) -> Allocation:
         """Borrow, waiting up to ``borrow_wait_seconds`` for the pool to refill, then fail
         with the precise reason."""
+        allocation = self.store.borrow(key, pod)
+        self.pool.wake()
+        if allocation is not None:
+            return allocation
         deadline = self._monotonic() + self.config.borrow_wait_seconds
-        while True:
-            allocation = self.store.borrow(key, pod)
-            self.pool.wake()
-            if allocation is not None:
-                return allocation
-            remaining = deadline - self._monotonic()
-            if remaining <= 0:
-                raise self._starved()
-            self.pool.wait_for_change(min(remaining, 0.2))
+        with self.pool.waiting_borrow():
+            while True:
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    raise self._starved()
+                self.pool.wait_for_change(min(remaining, 0.2))
+                allocation = self.store.borrow(key, pod)
+                if allocation is not None:
+                    return allocation
 
     def _starved(self) -> CniError:
         totals = self.pool_summary()

@@ -21,11 +21,13 @@ Like the ENI pool, one thread (``route-pool``) makes every cloud change.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 from cloud import errors as ce
 from cloud.api import Cloud
@@ -90,6 +92,10 @@ class RoutePool:
 
     def wake(self) -> None:
         return None  # borrows never need the cloud here
+
+    @contextlib.contextmanager
+    def waiting_borrow(self) -> Iterator[None]:
+        yield  # the pod CIDR is carved locally: a waiting borrow asks the cloud for nothing
 
     def wait_for_change(self, timeout: float) -> None:
         with self._changed:

@@ -231,3 +231,14 @@ def test_startup_adopts_ours_ignores_foreign_and_sweeps_leaked(emulator, control
     wait_for(leaked_gone, 10, "the leaked ENI to be deleted")
     assert cloud.describe_eni(foreign.id).instance_id == inst.id  # never touched
     assert foreign.id not in {e["id"] for e in agent.client.get("/v1/enis")[1]}
+
+
+def test_warm_ips_zero_still_gives_a_waiting_pod_an_address(emulator, start_agent):
+    """No warm pool at all (warm_ips 0, min_ips 0): a borrow that finds nothing free is
+    itself the demand; the pool assigns for it and the pod gets its address."""
+    world = make_world(emulator)
+    agent = start_agent(world, warm_ips=0, min_ips=0, borrow_wait_seconds=10.0)
+    assert agent.pool()["available"] == 0
+    status, body = agent.attach("cold")
+    assert status == 200, body
+    wait_for(lambda: agent.pool()["assigned"] == 1, 5, "the allocation")

@@ -241,3 +241,11 @@ def test_peak_window_measures_the_rise_over_the_last_30_seconds():
     assert window.observe(20.0, 7).rise == 4  # from the 3 of t=10
     assert window.observe(39.0, 8).rise == 5
     assert window.observe(41.0, 8) == Demand(peak=8, rise=1)  # the 3 has left; the 7 has not
+
+
+@pytest.mark.parametrize("waiting,kind,count", [(0, Kind.NOTHING, 0), (1, Kind.ASSIGN, 1),
+                                                (3, Kind.ASSIGN, 3)])
+def test_waiting_borrows_are_demand_even_with_no_warm_target(waiting, kind, count):
+    enis = (eni(P, assigned=2, primary=True),)
+    action = decide(enis, Targets(warm_ips=0, batch_size=1), M5L, Demand(waiting=waiting))
+    assert (action.kind, action.count) == (kind, count)
