@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from cloud import errors as ce
@@ -47,6 +47,23 @@ class Blocked:
 
     code: Code
     message: str
+
+
+def reconcile_at_startup(reconcile: Callable[[], None], stop: threading.Event,
+                         config: AgentConfig, mode: str) -> bool:
+    """Run the startup reconcile until it succeeds (True) or ``stop`` is set (False), backing
+    off between failed tries; shared by the ENI pool and the vpc-route pool."""
+    delay = min(config.pool_interval, 1.0)
+    while not stop.is_set():
+        try:
+            reconcile()
+            return True
+        except ce.CloudError as exc:
+            logger.warning("startup reconcile (%s mode) failed (%s); retrying in %.1fs", mode,
+                           exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, config.max_backoff)
+    return False
 
 
 class Pool:
@@ -141,17 +158,8 @@ class Pool:
     # ---- lifecycle ----------------------------------------------------------------------
 
     def reconcile_until_done(self) -> None:
-        """The startup reconcile; retried (with backoff) until it succeeds or we stop."""
-        delay = min(self.config.pool_interval, 1.0)
-        while not self._stop.is_set():
-            try:
-                self.reconcile()
-                self.reconciled.set()
-                return
-            except ce.CloudError as exc:
-                logger.warning("startup reconcile failed (%s); retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.config.max_backoff)
+        if reconcile_at_startup(self.reconcile, self._stop, self.config, "ENI"):
+            self.reconciled.set()
 
     def reconcile(self) -> None:
         report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.wiring,

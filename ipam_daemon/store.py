@@ -329,14 +329,6 @@ class Store:
             return [r[0] for r in db.execute("SELECT ip FROM addresses WHERE eni_id = ?",
                                              (eni_id,))]
 
-    def unreserve(self, ips: Sequence[str], eni_id: str | None = None) -> None:
-        """The cloud call failed: the reserved addresses are free again."""
-        with self._tx() as db:
-            db.executemany("UPDATE addresses SET state = 'free' WHERE ip = ? AND"
-                           " state = 'releasing'", [(ip,) for ip in ips])
-            if eni_id is not None:
-                db.execute("UPDATE enis SET deleting = 0 WHERE id = ?", (eni_id,))
-
     def remove_addresses(self, ips: Sequence[str]) -> None:
         """Forget addresses the cloud no longer holds for us (only releasing ones)."""
         with self._tx() as db:

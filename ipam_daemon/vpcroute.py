@@ -36,6 +36,7 @@ from cloud.types import EniId, InstanceId, RouteTable, RouteTableId
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.policy import Limits
+from ipam_daemon.pool import reconcile_at_startup
 from ipam_daemon.reconcile import Node
 from ipam_daemon.routeplan import CREATE, DELETE, RouteChange, plan_routes, routes_used, sweep_targets
 from ipam_daemon.store import EniRecord, Store
@@ -113,17 +114,8 @@ class RoutePool:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def reconcile_until_done(self) -> None:
-        delay = min(self.config.pool_interval, 1.0)
-        while not self._stop.is_set():
-            try:
-                self.reconcile()
-                self.reconciled.set()
-                return
-            except ce.CloudError as exc:
-                logger.warning("startup reconcile (vpc-route) failed (%s); retrying in %.1fs",
-                               exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.config.max_backoff)
+        if reconcile_at_startup(self.reconcile, self._stop, self.config, "vpc-route"):
+            self.reconciled.set()
 
     def reconcile(self) -> None:
         self._fill_store()

@@ -158,16 +158,17 @@ def test_free_addresses_preferred_over_expired_cooling(db_path):
     assert store.borrow(key(2), PodInfo()).ip != first
 
 
-def test_reserve_blocks_borrow_and_unreserve_restores(db_path):
+def test_reserve_blocks_borrow_until_the_cloud_view_settles_it(db_path):
+    """A failed give-back is settled by what the cloud holds, never by a guess: reserved
+    addresses the cloud still has become free again, the others are forgotten."""
     store = Store(db_path)
     store.add_eni(record(), ips(3))
     reserved = store.reserve_free("eni-1", 3)
     assert len(reserved) == 3
     assert store.borrow(key(1), PodInfo()) is None
-    store.unreserve(reserved[:1])
-    assert store.borrow(key(1), PodInfo()).ip == reserved[0]
-    store.remove_addresses(reserved[1:])
+    store.apply_cloud_view([(record(), reserved[:1])])
     assert {a.ip for a in store.addresses()} == {reserved[0]}
+    assert store.borrow(key(1), PodInfo()).ip == reserved[0]
 
 
 def test_reserve_eni_refuses_a_busy_eni(db_path):
