@@ -316,9 +316,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._watch(route, query)
                 return
             status, result = self._dispatch(method, url.path, route, query, body)
+            log(status)  # before the answer: a client that got it finds it in the log
+            logged = True
             self._send_json(status, result)
         except ApiError as exc:
             status = exc.code
+            log(status)
+            logged = True
             self._send_json(exc.code, exc.status())
         except (BrokenPipeError, ConnectionResetError):
             status = 499
