@@ -6,10 +6,9 @@ and unknown fields), paths and headers: the answer is a 4xx with a JSON body car
 code and a message (never a 500 or the agent's internal-error code, never a traceback),
 and the allocations the agent holds do not change.
 
-Request framing stays well-formed HTTP/1.1 with ASCII header values here: the stdlib
-server answers a malformed request line, an unknown method or an over-long header line
-with its own HTML error page, and a Content-Length of non-ASCII digits (latin-1 "²") with a
-500; those are reported to the agent's owners rather than asserted here.
+Request framing stays well-formed HTTP/1.1 with ASCII header values here; broken framing
+(bad request line, unknown method, over-long header, non-ASCII Content-Length) has its own
+table in tests/test_agent_api_framing.py.
 """
 from __future__ import annotations
 
@@ -19,33 +18,22 @@ import socket
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from cni.spec import API_VERSION, SUPPORTED_VERSIONS, Code
-from test_agent_helpers import AgentProcess, emulator, make_world  # noqa: F401 - fixture
+from cni.spec import API_VERSION, SUPPORTED_VERSIONS
+from fuzz_common import FUZZ, SPEC_CODES, agent_holding_two
+from test_agent_helpers import emulator  # noqa: F401 - fixture
 
 NET = "fuzzapi"
 ROUTES = {"POST": ("/v1/attach", "/v1/detach", "/v1/check", "/v1/gc"),
           "GET": ("/v1/status", "/v1/pool", "/v1/enis", "/v1/pods")}
-SPEC_CODES = {int(c) for c in Code} - {int(Code.AGENT_INTERNAL)}
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
 def agent(emulator, tmp_path_factory):  # noqa: F811 - fixture
-    agent = AgentProcess(tmp_path_factory.mktemp("fuzzapi"), emulator, make_world(emulator),
-                         warm_ips=2)
-    try:
-        agent.start()
-        for cid in ("keep-a", "keep-b"):  # what a wrongly accepted detach or GC would remove
-            status, body = agent.attach(cid, network=NET)
-            assert status == 200, body
+    with agent_holding_two(tmp_path_factory.mktemp("fuzzapi"), emulator, NET) as agent:
         yield agent
-    finally:
-        agent.kill9()
 
 
 def allocations(agent) -> list[tuple]:

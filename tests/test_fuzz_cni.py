@@ -16,34 +16,23 @@ import os
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cni.launcher import write_plugin_launcher
 from cni.spec import SUPPORTED_VERSIONS, Code
-from test_agent_helpers import AgentProcess, emulator, make_world  # noqa: F401 - fixture
+from fuzz_common import FUZZ, SPEC_CODES, agent_holding_two
+from test_agent_helpers import emulator  # noqa: F401 - fixture
 
 NET = "fuzznet"
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
-SPEC_CODES = {int(c) for c in Code} - {int(Code.AGENT_INTERNAL)}
 NETNS = "/proc/self/ns/net"  # exists; the agent (datapath none) never enters it
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
 def agent(emulator, tmp_path_factory):  # noqa: F811 - fixture
-    agent = AgentProcess(tmp_path_factory.mktemp("fuzzcni"), emulator, make_world(emulator),
-                         warm_ips=2)
-    try:
-        agent.start()
-        for cid in ("keep-a", "keep-b"):  # what a wrongly accepted DEL or GC would remove
-            status, body = agent.attach(cid, network=NET)
-            assert status == 200, body
+    with agent_holding_two(tmp_path_factory.mktemp("fuzzcni"), emulator, NET) as agent:
         yield agent
-    finally:
-        agent.kill9()
 
 
 @pytest.fixture(scope="module")
