@@ -5,13 +5,21 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 APT_PACKAGES := iproute2 iptables containernetworking-plugins golang-go golang-github-appc-cni-dev \
-	qemu-system-x86 linux-image-amd64 busybox-static tcpdump binutils
+	qemu-system-x86 linux-image-amd64 busybox-static tcpdump file
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The host CNI executable: a static Go program (cni/shim), built offline.
+SHIM := build/underlay
 
-.PHONY: setup test demo bench chaos clean-net
+.PHONY: setup test demo bench chaos clean-net shim
 
-setup: $(VENV)/.installed .apt-installed
+setup: $(VENV)/.installed .apt-installed $(SHIM)
 
-.apt-installed:
+shim: $(SHIM)
+
+$(SHIM): .apt-installed cni/shim/build.sh cni/shim/go.mod $(wildcard cni/shim/*.go) pyproject.toml
+	cni/shim/build.sh $@ $(VERSION)
+
+.apt-installed: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
@@ -41,8 +49,3 @@ bench: setup
 
 chaos: setup
 	UNDERLAY_CHAOS=full $(PY) -m pytest -q tests -m chaos
-
-# The self-contained host CNI executable (PyInstaller onedir) under build/plugin-binary/<hash>/
-.PHONY: plugin-binary
-plugin-binary: setup
-	$(PY) deploy/build_plugin.py --report

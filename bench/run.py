@@ -45,7 +45,7 @@ BENCHMARKS = (
     Benchmark("agent_resources", "bench.bench_agent_resources"),
     Benchmark("scale", "bench.bench_scale"),
     Benchmark("borrow", "bench.bench_borrow", ("-n", "300"), ("-n", "200")),
-    Benchmark("cni_startup", "bench.bench_cni_startup", ("-n", "50"), ("-n", "10")),
+    Benchmark("cni_startup", "bench.bench_cni_startup"),
 )
 
 

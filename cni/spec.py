@@ -1,12 +1,19 @@
-"""CNI specification types and the agent socket protocol, shared by the executable and the
-agent. Standard library only: the executable imports this module and nothing heavier.
+"""CNI specification types and the agent socket protocol, shared by the agent and its
+clients (the host executable's Go shim speaks the ``/v1/cni`` part of it).
 
-Socket protocol (HTTP/1.1 + JSON over the agent's unix socket), version ``API_VERSION``.
-Every request body carries ``"api": API_VERSION``; the agent answers a request of an
-older version it still supports (one step back) and refuses a newer one with code 1, except
-a detach: ``/v1/detach`` is also accepted one version ahead (API_VERSION + 1), so that a
-newer executable's DEL during a rollout still releases what an older agent holds (its
-fields, network/container_id/ifname/netns, stay the same across versions).
+Socket protocol (HTTP/1.1 + JSON over the agent's unix socket).
+
+The host executable sends each CNI invocation whole and prints the answer as it is:
+
+    POST /v1/cni      CniInvocation  -> 200 CniAnswer {"exit", "stdout", "stderr"}
+
+The per-operation endpoints below are what the executable of release 0.1.0 called (and
+what the tests, the bench and ``/v1/cni`` itself use inside the agent); they stay so that
+an upgrade never strands a DEL. Their bodies carry ``"api": API_VERSION``; the agent
+answers a request of an older version it still supports (one step back) and refuses a
+newer one with code 1, except a detach: ``/v1/detach`` is also accepted one version ahead
+(API_VERSION + 1), so that a newer client's DEL during a rollout still releases what an
+older agent holds (its fields, network/container_id/ifname/netns, stay the same).
 
     POST /v1/attach   AttachRequest  -> 200 {"result": <CNI result>}
     POST /v1/detach   DetachRequest  -> 200 {}
@@ -15,19 +22,11 @@ fields, network/container_id/ifname/netns, stay the same across versions).
     GET  /v1/status                  -> 200 StatusReply
     any failure                      -> 4xx/5xx ErrorReply {"code", "msg", "details"}
 
-The TypedDicts of the CNI wire types and of this protocol (NetConf, Result, AttachRequest,
-...) are defined in ``cni.spec_wire`` and re-exported here on first use (PEP 562), so that
-importing this module does not load ``typing``: the executable's budget is about 25 ms.
+No ``from __future__ import annotations`` here: with string annotations ``TypedDict``
+cannot see ``NotRequired`` and would count every key as required.
 """
-from __future__ import annotations
-
 from enum import IntEnum
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
-    from cni.spec_wire import *  # noqa: F403 - the names re-exported below
+from typing import Any, NotRequired, TypedDict
 
 API_VERSION = 1
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
@@ -67,23 +66,120 @@ class CniError(Exception):
         self.msg = msg
         self.details = details
 
-    def to_dict(self, cni_version: str = "1.0.0") -> dict[str, Any]:
+    def to_dict(self, cni_version: str = "1.0.0") -> "dict[str, Any]":
         out: dict[str, Any] = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
         if self.details:
             out["details"] = self.details
         return out
 
 
-_WIRE_TYPES = frozenset((
-    "Interface", "IpConfig", "RouteEntry", "Result", "NetConf", "Attachment", "AttachRequest",
-    "DetachRequest", "CheckRequest", "GcRequest", "StatusReply", "ErrorReply",
-))
+# ---- CNI wire types -------------------------------------------------------------------
+
+class Interface(TypedDict):
+    name: str
+    mac: NotRequired[str]
+    mtu: NotRequired[int]
+    sandbox: NotRequired[str]
 
 
-def __getattr__(name: str) -> Any:
-    """Lazy re-export of the wire TypedDicts from ``cni.spec_wire``."""
-    if name in _WIRE_TYPES:
-        from cni import spec_wire
+class IpConfig(TypedDict):
+    address: str  # CIDR
+    gateway: NotRequired[str]
+    interface: NotRequired[int]
 
-        return getattr(spec_wire, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+class RouteEntry(TypedDict):
+    dst: str
+    gw: NotRequired[str]
+
+
+class Result(TypedDict):
+    cniVersion: str
+    interfaces: NotRequired[list[Interface]]
+    ips: NotRequired[list[IpConfig]]
+    routes: NotRequired[list[RouteEntry]]
+    dns: NotRequired[dict[str, Any]]
+
+
+class NetConf(TypedDict):
+    cniVersion: str
+    name: str
+    type: str
+    socket: NotRequired[str]
+    mode: NotRequired[str]
+    mtu: NotRequired[int]
+    timeout: NotRequired[float]
+    prevResult: NotRequired[Result]
+    runtimeConfig: NotRequired[dict[str, Any]]
+
+
+# ---- agent socket protocol ------------------------------------------------------------
+
+class CniInvocation(TypedDict):
+    env: dict[str, str]  # the CNI_* variables, UTF-8
+    stdin: str  # the network configuration as the runtime wrote it (UTF-8, <= 1 MiB)
+
+
+class CniAnswer(TypedDict):
+    exit: int
+    stdout: str  # the result or error JSON, or nothing
+    stderr: str
+
+
+class Attachment(TypedDict):
+    containerID: str
+    ifname: str
+
+
+class AttachRequest(TypedDict):
+    api: int
+    cni_version: str
+    network: str
+    container_id: str
+    ifname: str
+    netns: str
+    mode: str
+    mtu: NotRequired[int]
+    pod_namespace: NotRequired[str]
+    pod_name: NotRequired[str]
+    pod_uid: NotRequired[str]
+    prev_result: NotRequired[Result]
+
+
+class DetachRequest(TypedDict):
+    api: int
+    network: str
+    container_id: str
+    ifname: str
+    netns: NotRequired[str]  # may be empty: DEL without a netns still releases the IP
+    pod_namespace: NotRequired[str]
+    pod_name: NotRequired[str]
+
+
+class CheckRequest(TypedDict):
+    api: int
+    cni_version: str
+    network: str
+    container_id: str
+    ifname: str
+    netns: str
+    prev_result: NotRequired[Result]
+
+
+class GcRequest(TypedDict):
+    api: int
+    network: str
+    valid_attachments: list[Attachment]
+
+
+class StatusReply(TypedDict):
+    ready: bool
+    available: int
+    code: NotRequired[int]
+    msg: NotRequired[str]
+
+
+class ErrorReply(TypedDict):
+    code: int
+    msg: str
+    details: NotRequired[str]

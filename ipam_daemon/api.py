@@ -1,6 +1,12 @@
 """The agent's local API: HTTP/1.1 + JSON over a unix socket (mode 0600, parent directory
 0700), protocol in ``cni.spec``. Debuggable with ``curl --unix-socket``.
 
+``POST /v1/cni`` carries one whole CNI invocation from the host executable (the CNI_*
+environment and stdin) and answers what to print and the exit code
+(``cni.invocation.run_invocation``). The invocation reaches the service through the same
+router as the older per-operation endpoints (``/v1/attach``, ``/v1/detach``, ...), which
+stay for executables of the previous release: an upgrade never strands a DEL.
+
 Requests are size-limited (413), parsed and validated into frozen calls naming the bad
 field (400, code 7 or 2), and every failure becomes an ``ErrorReply`` with a CNI code in
 one place (``_error_reply``). Nothing changes state before validation succeeds.
@@ -20,6 +26,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from cni.invocation import Answer, run_invocation
 from cni.spec import API_VERSION, SUPPORTED_VERSIONS, CniError, Code
 
 from ipam_daemon.service import AttachCall, CheckCall, DetachCall, Service
@@ -28,6 +35,10 @@ from ipam_daemon.store import AllocationKey, PodInfo
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+# POST /v1/cni carries the netconf (at most 1 MiB, the executable's limit) as a JSON
+# string, which may escape each byte into up to 6.
+MAX_CNI_BODY = 8 * 1024 * 1024
+CNI_ENDPOINT = "/v1/cni"
 MAX_DRAIN = 1024 * 1024  # oversized bodies up to this are read and dropped before the 413
 MAX_FIELD = 512
 
@@ -125,6 +136,51 @@ def parse_gc(body: dict) -> tuple[str, set[tuple[str, str]]]:
     return network, out
 
 
+def parse_invocation(body: dict) -> tuple[dict[str, str], bytes]:
+    """The executable's frame: ``{"env": {CNI_*: str}, "stdin": str}``."""
+    env = body.get("env")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise RequestError(Code.DECODE_FAILURE, "field 'env' must be an object of strings")
+    stdin = body.get("stdin")
+    if not isinstance(stdin, str):
+        raise RequestError(Code.DECODE_FAILURE, "field 'stdin' must be a string")
+    return {k: v for k, v in env.items() if k.startswith("CNI_")}, stdin.encode()
+
+
+def route_request(service: Service, method: str, path: str,
+                  body: dict | None) -> tuple[int, Any]:
+    """Answer one API request: (HTTP status, reply). The socket handler and the CNI
+    invocations of ``/v1/cni`` both come through here."""
+    try:
+        if method == "GET":
+            routes = {"/v1/status": service.status, "/v1/pool": service.pool_summary,
+                      "/v1/enis": service.enis_view, "/v1/pods": service.pods_view}
+            route = routes.get(path)
+            if route is None:
+                raise RequestError(Code.INVALID_CONFIG, f"no such endpoint: GET {path}", 404)
+            return 200, route()
+        routes = {
+            "/v1/attach": lambda b: {"result": service.attach(parse_attach(b))},
+            "/v1/detach": lambda b: service.detach(parse_detach(b)) or {},
+            "/v1/check": lambda b: service.check(parse_check(b)) or {},
+            "/v1/gc": lambda b: {"released": service.gc(*parse_gc(b))},
+            CNI_ENDPOINT: lambda b: _invoke(service, *parse_invocation(b)),
+        }
+        route = routes.get(path)
+        if route is None:
+            raise RequestError(Code.INVALID_CONFIG, f"no such endpoint: {method} {path}", 404)
+        return 200, route(body or {})
+    except BaseException as exc:  # noqa: BLE001 - mapped in one place
+        return _error_reply(exc)
+
+
+def _invoke(service: Service, env: dict[str, str], stdin: bytes) -> dict:
+    answer: Answer = run_invocation(
+        env, stdin, lambda method, path, body: route_request(service, method, path, body))
+    return {"exit": answer.exit, "stdout": answer.stdout, "stderr": answer.stderr}
+
+
 def _error_reply(exc: BaseException) -> tuple[int, dict]:
     """Every failure -> (HTTP status, ErrorReply), in one place."""
     if isinstance(exc, RequestError):
@@ -184,7 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise RequestError(Code.DECODE_FAILURE, "a Content-Length header is required", 411)
         size = int(length)
-        if size > MAX_BODY:
+        limit = MAX_CNI_BODY if self.path == CNI_ENDPOINT else MAX_BODY
+        if size > limit:
             self.close_connection = True
             if size <= MAX_DRAIN:  # let the client finish sending, so it reads our answer
                 left = size
@@ -194,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
                         break
                     left -= len(chunk)
             raise RequestError(Code.INVALID_CONFIG, f"request body of {size} bytes exceeds"
-                               f" the {MAX_BODY} byte limit", 413)
+                               f" the {limit} byte limit", 413)
         raw = self.rfile.read(size)
         try:
             body = json.loads(raw)
@@ -210,37 +267,15 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        service = self.server.service
-        routes = {
-            "/v1/attach": lambda b: {"result": service.attach(parse_attach(b))},
-            "/v1/detach": lambda b: service.detach(parse_detach(b)) or {},
-            "/v1/check": lambda b: service.check(parse_check(b)) or {},
-            "/v1/gc": lambda b: {"released": service.gc(*parse_gc(b))},
-        }
         try:
             body = self._body()  # read first: an unread body would corrupt the connection
-            route = routes.get(self.path)
-            if route is None:
-                raise RequestError(Code.INVALID_CONFIG, f"no such endpoint: POST {self.path}", 404)
-            reply = route(body)
         except BaseException as exc:  # noqa: BLE001 - mapped in one place
             self._send(*_error_reply(exc))
             return
-        self._send(200, reply)
+        self._send(*route_request(self.server.service, "POST", self.path, body))
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        service = self.server.service
-        routes = {"/v1/status": service.status, "/v1/pool": service.pool_summary,
-                  "/v1/enis": service.enis_view, "/v1/pods": service.pods_view}
-        try:
-            route = routes.get(self.path)
-            if route is None:
-                raise RequestError(Code.INVALID_CONFIG, f"no such endpoint: GET {self.path}", 404)
-            reply = route()
-        except BaseException as exc:  # noqa: BLE001
-            self._send(*_error_reply(exc))
-            return
-        self._send(200, reply)
+        self._send(*route_request(self.server.service, "GET", self.path, None))
 
 
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

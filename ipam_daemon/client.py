@@ -1,5 +1,5 @@
-"""A small client of the agent's unix-socket API (the CLI, tests and bench use it; the CNI
-executable has its own stdlib-only client in ``cni``)."""
+"""A small client of the agent's unix-socket API (the CLI, the installer, tests and bench
+use it; the host executable, ``cni/shim``, speaks its one request itself)."""
 from __future__ import annotations
 
 import http.client

@@ -1,6 +1,6 @@
 """``underlay-install``: put the CNI executable and the conflist on the host, or take them off.
 
-    underlay-install install   [--host-root /host] [--plugin-source DIR|FILE]
+    underlay-install install   [--host-root /host] [--plugin-source FILE|DIR]
                                [--conflist-template FILE] [--skip-conflist | --conflist-only]
                                [--agent-socket PATH] [--wait-seconds N] [--stay]
     underlay-install uninstall [--host-root /host]
@@ -13,11 +13,11 @@ exists, so no pod is scheduled before the agent can serve it. A wait longer than
 ``--wait-seconds`` fails with a message naming the socket and the agent's last answer, and
 writes nothing. Re-running changes nothing when the content is the same (mtime kept).
 
-The plugin source is either one file (a launcher) or a PyInstaller onedir bundle: a
-directory holding the executable ``underlay`` and its contents directory
-``underlay.<hash>``. A new bundle's contents directory goes in beside the old one first, then
-the executable is renamed over the old one: at every instant ``/opt/cni/bin/underlay``
-starts completely, old or new. The old contents directory goes at the next run.
+The plugin source is the host executable: one static file (``cni/shim``, built by the
+image's Go stage), or a directory holding it as ``underlay``. It is renamed over the old one:
+at every instant ``/opt/cni/bin/underlay`` starts completely, old or new. An install over
+release 0.1.0, whose executable was a PyInstaller bundle, removes that bundle's contents
+directory at the next run (an exec that began before the switch may still load from it).
 
 Everything written, and every directory created, is recorded in
 ``<host-root>/var/lib/underlay/installed.json``; ``uninstall`` removes exactly those (a file
@@ -106,40 +106,6 @@ def write_file_atomic(path: Path, data: bytes, mode: int) -> bool:
     return True
 
 
-def tree_digest(root: Path) -> str:
-    """One hash over every file's relative path, mode and content."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(oct(path.stat().st_mode & 0o777).encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def copy_tree_atomic(src: Path, dst: Path) -> bool:
-    """Copy directory ``src`` to ``dst`` (fsynced temp dir + rename); False when equal."""
-    if dst.is_dir() and tree_digest(dst) == tree_digest(src):
-        return False
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(src, tmp, symlinks=True)
-        for path in tmp.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        if dst.exists():  # a damaged copy of the same version: move it aside first
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.rename(dst, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(dst.parent)
-    return True
-
-
 def make_dirs(paths: HostPaths, host_dir: str, created: list[str]) -> Path:
     """Create ``host_dir`` under the root, recording each directory this call made."""
     missing = []
@@ -176,16 +142,13 @@ def write_manifest(paths: HostPaths, manifest: dict) -> None:
 
 # ---- install ----------------------------------------------------------------------------
 
-def check_plugin_source(source: Path) -> tuple[Path, Path | None]:
-    """(executable, contents dir or None) of a launcher file or a onedir bundle."""
-    if source.is_file():
-        return source, None
-    exe = source / PLUGIN_NAME
-    contents = sorted(p for p in source.glob(f"{PLUGIN_NAME}.*") if p.is_dir())
-    if not exe.is_file() or len(contents) != 1:
-        raise InstallError(f"plugin source {source} is neither an executable file nor a "
-                           f"bundle with '{PLUGIN_NAME}' and one '{PLUGIN_NAME}.<hash>' dir")
-    return exe, contents[0]
+def check_plugin_source(source: Path) -> Path:
+    """The executable: ``source`` itself, or ``source/underlay`` for a directory."""
+    exe = source / PLUGIN_NAME if source.is_dir() else source
+    if not exe.is_file():
+        raise InstallError(f"plugin source {source} is neither the executable nor a "
+                           f"directory holding '{PLUGIN_NAME}'")
+    return exe
 
 
 def check_conflist(text: str, origin: str) -> bytes:
@@ -208,25 +171,18 @@ def check_conflist(text: str, origin: str) -> bytes:
 
 
 def install_plugin(paths: HostPaths, source: Path, manifest: dict) -> bool:
-    """Install the executable (and its contents dir). The contents dir of the version it
-    replaces is kept until the next run (an exec that started just before the switch may
-    still be loading from it); older ones are removed."""
-    exe, contents = check_plugin_source(source)
+    """Install the executable. A bundle contents dir of the release before (``trees`` in
+    the manifest) is kept until the next run, then removed."""
+    exe = check_plugin_source(source)
     bin_dir = make_dirs(paths, paths.bin_dir, manifest["created_dirs"])
-    changed = False
     previous = manifest.get("current_tree")
-    current = f"{paths.bin_dir}/{contents.name}" if contents is not None else None
-    if contents is not None:
-        changed |= copy_tree_atomic(contents, bin_dir / contents.name)
-        manifest["trees"][current] = tree_digest(bin_dir / contents.name)
-        write_manifest(paths, manifest)  # recorded before the executable points at it
     host_exe = f"{paths.bin_dir}/{PLUGIN_NAME}"
     data = exe.read_bytes()
-    changed |= write_file_atomic(bin_dir / PLUGIN_NAME, data, 0o755)
+    changed = write_file_atomic(bin_dir / PLUGIN_NAME, data, 0o755)
     manifest["files"][host_exe] = hashlib.sha256(data).hexdigest()
-    manifest["current_tree"] = current
+    manifest["current_tree"] = None
     for host_tree in list(manifest["trees"]):
-        if host_tree not in (current, previous):
+        if host_tree != previous:
             shutil.rmtree(paths.on_host(host_tree), ignore_errors=True)
             del manifest["trees"][host_tree]
             logger.info("removed the old plugin version %s", host_tree)
@@ -342,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host-root", default="/", help="where the host's / is mounted")
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install")
-    inst.add_argument("--plugin-source", default="/opt/underlay/plugin")
+    inst.add_argument("--plugin-source", default="/opt/underlay/plugin/underlay")
     inst.add_argument("--conflist-template", default="/etc/underlay/10-underlay.conflist")
     only = inst.add_mutually_exclusive_group()
     only.add_argument("--skip-conflist", action="store_true", help="the executable only")

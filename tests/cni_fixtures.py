@@ -1,6 +1,7 @@
-"""Fixtures and helpers for the CNI tests: the plugin executable in a CNI bin dir, the libcni
-client (built once per session), network namespaces that are always removed, and a
-listener that records whether anything reached an agent socket.
+"""Fixtures and helpers for the CNI tests: the host executable (the static Go shim, built
+from cni/shim when stale) in a CNI bin dir, the libcni client (built once per session),
+network namespaces that are always removed, and a listener that records whether anything
+reached an agent socket.
 
 Import into a test module with ``from cni_fixtures import ...`` (tests/ is on sys.path).
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cni.launcher import write_plugin_launcher
+from cloud.emulator.harness_io import build_shim, install_shim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBCNI_SRC = os.path.join(REPO, "tests", "libcni")
@@ -57,12 +58,18 @@ def libcni_client() -> str:
     return build_libcni_client()
 
 
+@pytest.fixture(scope="session")
+def shim_binary() -> str:
+    """The built host executable (``make shim``)."""
+    return build_shim()
+
+
 @pytest.fixture
 def cni_bin_dir(tmp_path) -> str:
-    """A CNI bin dir holding only the ``underlay`` launcher; CNI_PATH adds the reference
+    """A CNI bin dir holding only the ``underlay`` executable; CNI_PATH adds the reference
     plugins after it."""
     bin_dir = str(tmp_path / "bin")
-    write_plugin_launcher(bin_dir)
+    install_shim(bin_dir)
     return bin_dir
 
 

@@ -1,17 +1,27 @@
-"""The CNI executable run exactly as a runtime runs it (exec, CNI_* environment, stdin):
-bad input is refused with the right spec code and a message naming the problem, and
-nothing reaches the agent socket; VERSION/STATUS/ADD/DEL/CHECK/GC without an agent."""
+"""The CNI executable (the static Go shim) run exactly as a runtime runs it (exec, CNI_*
+environment, stdin) inside a node of the emulated VPC whose agent (veth datapath) is live:
+bad input is refused with the right spec code and a message naming the problem, and no
+state changes (the agent's allocations, the node's links, addresses, routes and rules, the
+pod namespace, the socket directory); VERSION/STATUS/ADD/DEL/CHECK/GC without an agent.
+
+The shim answers a few of these itself (what it cannot frame: non-UTF-8 CNI_* values, an
+unknown CNI_COMMAND, stdin over 1 MiB, not a UTF-8 JSON object, a socket that is not an
+absolute path); the agent answers the rest, with the same codes and messages."""
 from __future__ import annotations
 
 import json
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from cni_fixtures import (  # noqa: F401 - fixtures
-    cni_bin_dir, make_netns, run_plugin, short_tmp, socket_recorder,
+    cni_bin_dir, make_netns, run_plugin, shim_binary, short_tmp, socket_recorder,
 )
+
+from cloud.emulator.harness import Cluster, Node
+from cloud.emulator.harness_io import query_agent, wait_until
 
 CID = "4f1c0ffee0123456789abcdef"
 NAME = "h4net"
@@ -131,32 +141,56 @@ def _error(proc) -> dict:
     return json.loads(lines[0])
 
 
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    """One node of the emulated VPC with a live veth agent holding one pod (``keep``),
+    which a wrongly accepted DEL or GC would release."""
+    with Cluster(nodes=1, instance_type="t3.small") as cluster:
+        node = cluster.nodes[0]
+        cluster.run_agent(node, {"warm_ips": 1, "batch_size": 1})
+        cluster.add_pod(node, "keep")
+        assert wait_until(lambda: query_agent(node.socket_path, "/v1/pool")[1]["available"]
+                          >= 1, 30), "the pool did not refill"
+        yield node
+
+
+def _node_state(node: Node, pod: str, sock_dir: str) -> tuple:
+    """What a wrongly accepted request would change (IPv4 only: IPv6 link-local addresses
+    finish duplicate address detection by themselves)."""
+    def ip(netns: str, *args: str) -> str:
+        return subprocess.run(["ip", "-n", netns, "-o", *args], capture_output=True,
+                              text=True, check=True).stdout
+
+    def links(netns: str) -> list[str]:
+        return sorted(line.split(":")[1].strip() for line in ip(netns, "link").splitlines())
+
+    status, pods = query_agent(node.socket_path, "/v1/pods")
+    assert status == 200, pods
+    missing = [p for p in ("/run/netns/h4-no-such-ns", "/run/netns/h4-none") if os.path.exists(p)]
+    return (sorted((p["container_id"], p["ifname"], p["ip"]) for p in pods),
+            links(node.netns), ip(node.netns, "-4", "addr"),
+            ip(node.netns, "-4", "route", "show", "table", "all"), ip(node.netns, "rule"),
+            links(pod), ip(pod, "-4", "addr"), ip(pod, "-4", "route"),
+            sorted(os.listdir(sock_dir)), missing)
+
+
 @pytest.mark.parametrize("env_over,stdin,code,names",
                          [case[1:] for case in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_is_refused_with_code_and_reason(cni_bin_dir, socket_recorder, make_netns,
+def test_bad_input_is_refused_with_code_and_reason(node, shim_binary, make_netns,
                                                    env_over, stdin, code, names):
     pod = make_netns("h4bad")
-    sock_dir = os.path.dirname(socket_recorder.path)
-    before = _state(pod, sock_dir)
-    proc = run_plugin(cni_bin_dir, _env(env_over, pod), _stdin(stdin, socket_recorder.path))
+    sock_dir = os.path.dirname(node.socket_path)
+    before = _node_state(node, pod, sock_dir)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **_env(env_over, pod)}
+    proc = subprocess.run(["ip", "netns", "exec", node.netns, shim_binary],
+                          input=_stdin(stdin, node.socket_path), env=env, capture_output=True,
+                          timeout=30, check=False)
     err = _error(proc)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     assert err["code"] == code, err
     assert names in err["msg"], err
     assert err["cniVersion"] in ("0.4.0", "1.0.0", "1.1.0")
-    # no state changed: nothing reached the agent, the pod namespace is as it was, no
-    # file appeared and a missing netns was not created
-    assert socket_recorder.connections == []
-    assert _state(pod, sock_dir) == before
-
-
-def _state(pod: str, sock_dir: str) -> tuple:
-    def ip(*args: str) -> str:
-        return subprocess.run(["ip", "-n", pod, "-o", *args], capture_output=True, text=True,
-                              check=True).stdout
-
-    missing = [p for p in ("/run/netns/h4-no-such-ns", "/run/netns/h4-none") if os.path.exists(p)]
-    return ip("link"), ip("addr"), ip("route"), sorted(os.listdir(sock_dir)), missing
+    assert _node_state(node, pod, sock_dir) == before
 
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
@@ -259,6 +293,9 @@ def test_agent_closing_without_an_answer(cni_bin_dir, socket_recorder, make_netn
     proc = run_plugin(cni_bin_dir, {**ADD_ENV, "CNI_NETNS": f"/run/netns/{pod}"}, stdin)
     err = _error(proc)
     assert err["code"] == 11 and "not HTTP" in err["msg"], err
-    assert socket_recorder.connections[0].startswith(b"POST /v1/attach HTTP/1.1\r\n")
+    request = socket_recorder.connections[0]
+    assert request.startswith(b"POST /v1/cni HTTP/1.1\r\n")
+    frame = json.loads(request.partition(b"\r\n\r\n")[2])  # the invocation, as it came
+    assert frame == {"env": {**ADD_ENV, "CNI_NETNS": f"/run/netns/{pod}"}, "stdin": stdin}
     proc = run_plugin(cni_bin_dir, DEL_ENV, stdin)
     assert proc.returncode != 0 and _error(proc)["code"] == 11

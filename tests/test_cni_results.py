@@ -2,7 +2,7 @@
 and chaining (our result appended after the prevResult of the plugins before us)."""
 from __future__ import annotations
 
-from cni.plugin import convert_result, merge_results
+from cni.invocation import convert_result, merge_results
 
 OURS = {"cniVersion": "1.0.0",
         "interfaces": [{"name": "ulay0123456789a"},

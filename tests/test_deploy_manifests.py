@@ -233,7 +233,7 @@ def test_iam_policy_grants_exactly_the_adapters_actions():
 def test_dockerfile_copies_what_exists():
     text = (DEPLOY / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text and "iproute2 iptables" in text
-    assert "-c requirements.lock" in text and "build_plugin.py" in text
+    assert "-c requirements.lock" in text and "cni/shim/build.sh" in text
     for line in text.splitlines():
         if line.startswith("COPY ") and "--from=" not in line:
             for src in line.split()[1:-1]:

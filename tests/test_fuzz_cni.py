@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) of the CNI executable's input, run through the real
-executable as a subprocess against one real agent (datapath "none": IPAM only, socket in a
-temp dir) and the emulated EC2.
+executable (the static Go shim) as a subprocess against one real agent (datapath "none":
+IPAM only, socket in a temp dir) and the emulated EC2: the shim frames the input, the
+agent decides.
 
 For any environment and stdin: stdout is exactly one JSON document (the error, or the
 result of a valid ADD/VERSION) or nothing (DEL/CHECK/STATUS/GC success), the exit code says
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni.launcher import write_plugin_launcher
+from cloud.emulator.harness_io import install_shim
 from cni.spec import SUPPORTED_VERSIONS, Code
 from fuzz_common import FUZZ, SPEC_CODES, agent_holding_two
 from test_agent_helpers import emulator  # noqa: F401 - fixture
@@ -38,7 +39,7 @@ def agent(emulator, tmp_path_factory):  # noqa: F811 - fixture
 @pytest.fixture(scope="module")
 def bin_dir(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("fuzzbin"))
-    write_plugin_launcher(path)
+    install_shim(path)
     return path
 
 

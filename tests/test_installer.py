@@ -1,21 +1,23 @@
-"""The installer as the DaemonSet runs it, against a fake host root: the self-contained
-executable and the conflist land atomically with modes 0755/0644, the conflist only once
-the real agent (datapath none, emulated EC2) reports ready, a re-run changes nothing, an
-upgrade swaps versions, bad input changes nothing, and uninstall leaves the host as it was."""
+"""The installer as the DaemonSet runs it, against a fake host root: the static executable
+and the conflist land atomically with modes 0755/0644, the conflist only once the real
+agent (datapath none, emulated EC2) reports ready, a re-run changes nothing, an upgrade
+swaps versions (also over release 0.1.0's PyInstaller bundle), bad input changes nothing,
+and uninstall leaves the host as it was."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from test_agent_helpers import (  # noqa: F401 - fixtures
     control, emulator, make_world, start_agent, wait_for,
 )
 from test_installer_helpers import (  # noqa: F401 - fixtures
-    INSTALL, listing, make_host, plugin_bundle, run_install, write_template,
+    INSTALL, listing, make_host, older_plugin_binary, plugin_binary, reported_version,
+    run_install, write_template,
 )
-
-from cni.launcher import write_plugin_launcher
 
 BIN = "opt/cni/bin"
 CONFLIST = "etc/cni/net.d/10-underlay.conflist"
@@ -28,26 +30,26 @@ def agent(emulator, control, start_agent):
 
 
 @pytest.mark.parametrize("populated", [False, True], ids=["empty-host", "host-with-others"])
-def test_init_container_install_rerun_uninstall(tmp_path, plugin_bundle, agent, populated):
+def test_init_container_install_rerun_uninstall(tmp_path, plugin_binary, agent, populated):
     host = make_host(tmp_path / "host", populated)
     template = write_template(tmp_path / "10-underlay.conflist", agent.config["socket_path"])
     before = listing(host)
-    args = ("install", "--plugin-source", str(plugin_bundle), "--conflist-template",
+    args = ("install", "--plugin-source", str(plugin_binary), "--conflist-template",
             str(template), "--agent-socket", agent.config["socket_path"], "--wait-seconds", "30")
 
     first = run_install(host, *args)
     assert first.returncode == 0, first.stderr
     exe = host / BIN / "underlay"
-    contents = host / BIN / next(plugin_bundle.glob("underlay.*")).name
     assert oct(exe.stat().st_mode & 0o7777) == "0o755"
-    assert exe.read_bytes() == (plugin_bundle / "underlay").read_bytes()
-    assert contents.is_dir() and (contents / "base_library.zip").is_file()
+    assert exe.read_bytes() == plugin_binary.read_bytes()
+    assert sorted(p.name for p in (host / BIN).iterdir() if p.name.startswith("underlay")) \
+        == ["underlay"]  # one file, nothing beside it
     conflist = host / CONFLIST
     assert oct(conflist.stat().st_mode & 0o7777) == "0o644"
     assert conflist.read_text() == template.read_text()
     manifest = json.loads((host / MANIFEST).read_text())
     assert set(manifest["files"]) == {f"/{BIN}/underlay", f"/{CONFLIST}"}
-    assert set(manifest["trees"]) == {f"/{BIN}/{contents.name}"}
+    assert manifest["trees"] == {}
     assert not [p for p in host.rglob(".*tmp*")], "temp files left behind"
 
     installed = listing(host)
@@ -91,47 +93,76 @@ def test_conflist_waits_for_the_agent(tmp_path, emulator, control, start_agent):
             waiting.wait(timeout=10)
 
 
-def test_upgrade_switches_versions_and_removes_the_old(tmp_path, plugin_bundle):
-    """launcher (one file) -> bundle -> launcher -> launcher: the executable switches at
-    once; the replaced version's contents dir stays for one run (an exec that began before
-    the switch may still load from it), then goes."""
+def make_legacy_install(host: Path) -> None:
+    """What release 0.1.0's installer left on an empty host: a PyInstaller bundle (the
+    executable and its contents dir ``underlay.<hash>``) and its manifest."""
+    exe = host / BIN / "underlay"
+    tree = host / BIN / "underlay.0123abcd"
+    tree.mkdir(parents=True)
+    (tree / "base_library.zip").write_bytes(b"stdlib")
+    exe.write_bytes(b"\x7fELF bootloader")
+    exe.chmod(0o755)
+    (host / MANIFEST).parent.mkdir(parents=True)
+    (host / MANIFEST).write_text(json.dumps({
+        "version": 1, "current_tree": f"/{BIN}/underlay.0123abcd",
+        "files": {f"/{BIN}/underlay": hashlib.sha256(exe.read_bytes()).hexdigest()},
+        "trees": {f"/{BIN}/underlay.0123abcd": "digest"},
+        "created_dirs": ["/opt", "/opt/cni", "/opt/cni/bin", "/var", "/var/lib",
+                         "/var/lib/underlay"]}))
+
+
+def test_upgrade_switches_versions(tmp_path, plugin_binary, older_plugin_binary):
+    """older -> current -> current -> older: the executable switches at once (a rename),
+    a re-run changes nothing, and each answers VERSION and reports its own version."""
     host = make_host(tmp_path / "host", populated=True)
     before = listing(host)
-    launcher = write_plugin_launcher(str(tmp_path / "v1"))
-    tree = next(plugin_bundle.glob("underlay.*")).name
-    steps = [(launcher, []), (str(plugin_bundle), [tree]), (launcher, [tree]), (launcher, [])]
-    for source, trees in steps:
-        proc = run_install(host, "install", "--skip-conflist", "--plugin-source", source)
+    for source in (older_plugin_binary, plugin_binary, plugin_binary, older_plugin_binary):
+        proc = run_install(host, "install", "--skip-conflist", "--plugin-source", str(source))
         assert proc.returncode == 0, proc.stderr
         exe = host / BIN / "underlay"
-        expected = plugin_bundle / "underlay" if source == str(plugin_bundle) else launcher
-        assert exe.read_bytes() == open(expected, "rb").read()
-        assert sorted(p.name for p in (host / BIN).glob("underlay.*")) == trees, source
+        assert exe.read_bytes() == source.read_bytes()
+        assert reported_version(exe) == reported_version(source)
         version = subprocess.run([str(exe)], input=b'{"cniVersion":"1.1.0"}',
                                  env={"CNI_COMMAND": "VERSION"}, capture_output=True,
                                  timeout=30, check=False)
         assert json.loads(version.stdout)["cniVersion"] == "1.1.0", version.stdout
+    assert reported_version(older_plugin_binary) != reported_version(plugin_binary)
     assert run_install(host, "uninstall").returncode == 0
     assert listing(host) == before
 
 
-def test_uninstall_right_after_an_upgrade_removes_both_versions(tmp_path, plugin_bundle):
+def test_upgrade_over_the_bundle_of_release_0_1_0(tmp_path, plugin_binary):
+    """The bundle's contents dir stays for one run (an exec that began before the switch
+    may still load from it), then goes; uninstall then leaves the host empty."""
     host = make_host(tmp_path / "host", populated=False)
-    launcher = write_plugin_launcher(str(tmp_path / "v1"))
-    for source in (str(plugin_bundle), launcher):
-        assert run_install(host, "install", "--skip-conflist", "--plugin-source",
-                           source).returncode == 0
-    assert len(list((host / BIN).glob("underlay.*"))) == 1  # the replaced bundle, kept
+    make_legacy_install(host)
+    tree = host / BIN / "underlay.0123abcd"
+    for kept in (True, False):
+        proc = run_install(host, "install", "--skip-conflist", "--plugin-source",
+                           str(plugin_binary))
+        assert proc.returncode == 0, proc.stderr
+        assert (host / BIN / "underlay").read_bytes() == plugin_binary.read_bytes()
+        assert tree.is_dir() is kept
+    assert run_install(host, "uninstall").returncode == 0
+    assert list(host.iterdir()) == []
+
+
+def test_uninstall_right_after_an_upgrade_removes_both_versions(tmp_path, plugin_binary):
+    host = make_host(tmp_path / "host", populated=False)
+    make_legacy_install(host)
+    assert run_install(host, "install", "--skip-conflist", "--plugin-source",
+                       str(plugin_binary)).returncode == 0
+    assert (host / BIN / "underlay.0123abcd").is_dir()  # the replaced bundle, kept
     assert run_install(host, "uninstall").returncode == 0
     assert list(host.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", ["not-json", "wrong-type", "no-template", "no-plugin",
                                   "negative-wait"])
-def test_bad_input_is_named_and_changes_nothing(tmp_path, plugin_bundle, case):
+def test_bad_input_is_named_and_changes_nothing(tmp_path, plugin_binary, case):
     host = make_host(tmp_path / "host", populated=True)
     template = write_template(tmp_path / "t.conflist", "/run/underlay/agent.sock")
-    source = str(plugin_bundle)
+    source = str(plugin_binary)
     extra = []
     if case == "not-json":
         template.write_text('{"plugins": [')
@@ -145,7 +176,7 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, plugin_bundle, case):
     elif case == "no-plugin":
         source = str(tmp_path / "nothing-here")
         (tmp_path / "nothing-here").mkdir()
-        expect = "is neither an executable file nor a bundle"
+        expect = "is neither the executable nor a directory holding 'underlay'"
     else:
         extra = ["--wait-seconds", "-1"]
         expect = "--wait-seconds -1 must be >= 0"
@@ -156,11 +187,10 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, plugin_bundle, case):
     assert listing(host) == before
 
 
-def test_uninstall_spares_a_file_changed_since(tmp_path):
+def test_uninstall_spares_a_file_changed_since(tmp_path, plugin_binary):
     host = make_host(tmp_path / "host", populated=False)
-    launcher = write_plugin_launcher(str(tmp_path / "v1"))
     assert run_install(host, "install", "--skip-conflist", "--plugin-source",
-                       launcher).returncode == 0
+                       str(plugin_binary)).returncode == 0
     (host / BIN / "underlay").write_bytes(b"someone else's plugin")
     proc = run_install(host, "uninstall")
     assert proc.returncode == 0 and "changed since it was installed" in proc.stderr

@@ -1,6 +1,6 @@
-"""Shared pieces of the installer tests (no tests here): the self-contained plugin bundle
-(built once per session by deploy/build_plugin.py and cached under build/ by source hash),
-a fake host root, its listing, and running ``underlay-install`` as the init container does."""
+"""Shared pieces of the installer tests (no tests here): the host executable (the static Go
+shim, ``make shim``) and an older build of it for upgrades, a fake host root, its listing,
+and running ``underlay-install`` as the init container does."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.emulator.harness_io import build_shim
 from cni.conflist import ConflistOptions, render_conflist_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,14 +19,23 @@ INSTALL = [sys.executable, "-m", "ipam_daemon.installer"]
 
 
 @pytest.fixture(scope="session")
-def plugin_bundle() -> Path:
-    """``build/plugin-binary/<hash>/underlay``: the executable and its contents dir."""
-    proc = subprocess.run([sys.executable, str(REPO / "deploy" / "build_plugin.py")],
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr
-    bundle = Path(proc.stdout.strip().splitlines()[-1])
-    assert (bundle / "underlay").is_file()
-    return bundle
+def plugin_binary() -> Path:
+    """``build/underlay``: the executable the image ships."""
+    return Path(build_shim())
+
+
+@pytest.fixture(scope="session")
+def older_plugin_binary(tmp_path_factory) -> Path:
+    """The same program built as another version (``--version`` tells them apart)."""
+    out = tmp_path_factory.mktemp("older") / "underlay"
+    subprocess.run([str(REPO / "cni" / "shim" / "build.sh"), str(out), "0.0.9"], check=True,
+                   capture_output=True, timeout=600)
+    return out
+
+
+def reported_version(exe: Path) -> str:
+    return subprocess.run([str(exe), "--version"], capture_output=True, text=True,
+                          timeout=30, check=True).stdout.split()[-1]
 
 
 def listing(root: Path) -> dict[str, tuple]:

@@ -15,9 +15,10 @@ Everything the run makes carries its prefix and is written down first in its run
 ``stop()`` removes all of it, also after errors; after a crash of the harness itself,
 ``python -m cloud.emulator.cleanup`` does.
 
-The plugin launcher and the conflist come from the ``cni`` package, and the agent from
-``ipam_daemon``; ``cloud`` may import neither, so the harness runs them as processes (as an
-installer and a node would).
+The host executable is built from ``cni/shim`` (Go) and copied into the run's CNI bin dir,
+the conflist comes from the ``cni`` package and the agent from ``ipam_daemon``; ``cloud``
+may import neither, so the harness runs them as processes (as an installer and a node
+would).
 """
 from __future__ import annotations
 
@@ -262,7 +263,7 @@ class Cluster:
                 raise HarnessError(f"agent on {node.name} exited with "
                                    f"{agent.process.returncode}:\n{agent.log_tail()}")
             try:
-                status, body = query_agent(node.socket_path, "/v1/status")
+                status, body = query_agent(agent.config["socket_path"], "/v1/status")
             except OSError:
                 return False
             return status == 200 and bool(body.get("ready"))

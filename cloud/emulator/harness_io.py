@@ -1,12 +1,14 @@
-"""The harness's small I/O helpers: the libcni test client (built once), the CNI files
-(written by the ``cni`` package in a child process: ``cloud`` does not import ``cni``),
-GETs on an agent's unix socket, and a stoppable wait."""
+"""The harness's small I/O helpers: the libcni test client and the host CNI executable
+(both Go, built once), the CNI files (the conflist is rendered by the ``cni`` package in a
+child process: ``cloud`` does not import ``cni``), GETs on an agent's unix socket, and a
+stoppable wait."""
 from __future__ import annotations
 
 import http.client
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,20 +23,48 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 LIBCNI_SRC = REPO / "tests" / "libcni"
 LIBCNI_BIN = LIBCNI_SRC / "bin" / "libcni-client"
+SHIM_SRC = REPO / "cni" / "shim"
+SHIM_BIN = REPO / "build" / "underlay"  # what `make shim` builds
 GOPATH = "/usr/share/gocode"  # Debian's golang-github-appc-cni-dev
 AGENT_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_EC2_METADATA_DISABLED": "true"}
 _SOCKET_TIMEOUT = 10.0
 
-_WRITE_CNI_FILES = """
+_WRITE_CONFLIST = """
 import sys
 from cni.conflist import ConflistOptions, render_conflist_json
-from cni.launcher import write_plugin_launcher
-bin_dir, conflist, mode = sys.argv[1:4]
-write_plugin_launcher(bin_dir)
+conflist, mode = sys.argv[1:3]
 with open(conflist, "w") as f:
     f.write(render_conflist_json(ConflistOptions(mode=mode, portmap=False, bandwidth=False)))
 """
+_shim_lock = threading.Lock()
+
+
+def build_shim(out: Path = SHIM_BIN) -> str:
+    """The host CNI executable, built with ``cni/shim/build.sh`` when it is missing or
+    older than its sources."""
+    with _shim_lock:
+        sources = [p for p in SHIM_SRC.iterdir() if p.is_file()]
+        if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
+            return str(out)
+        proc = subprocess.run([str(SHIM_SRC / "build.sh"), str(out)], capture_output=True,
+                              text=True, timeout=600, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the host CNI executable failed:\n{proc.stderr}")
+        return str(out)
+
+
+def install_shim(bin_dir: Path | str) -> str:
+    """Copy the executable into ``bin_dir`` as ``underlay`` (mode 0755), as an installer
+    would; returns its path."""
+    src = build_shim()
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, "underlay")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
 
 
 def build_libcni_client(out: Path = LIBCNI_BIN) -> str:
@@ -54,15 +84,17 @@ def build_libcni_client(out: Path = LIBCNI_BIN) -> str:
 
 
 def write_cni_files(workdir: Path, mode: str) -> tuple[str, str]:
-    """Write the ``underlay`` launcher into ``<workdir>/bin`` and the conflist (portmap and
-    bandwidth off: the harness passes no capability arguments); returns both paths."""
+    """Install the ``underlay`` executable into ``<workdir>/bin`` and write the conflist
+    (portmap and bandwidth off: the harness passes no capability arguments); returns both
+    paths."""
     bin_dir = workdir / "bin"
     conflist = workdir / "10-underlay.conflist"
-    proc = subprocess.run([sys.executable, "-c", _WRITE_CNI_FILES, str(bin_dir), str(conflist),
-                           mode], capture_output=True, text=True, timeout=60, check=False,
+    install_shim(bin_dir)
+    proc = subprocess.run([sys.executable, "-c", _WRITE_CONFLIST, str(conflist), mode],
+                          capture_output=True, text=True, timeout=60, check=False,
                           cwd=str(REPO))
     if proc.returncode != 0:
-        raise RuntimeError(f"writing the CNI launcher and conflist failed:\n{proc.stderr}")
+        raise RuntimeError(f"writing the conflist failed:\n{proc.stderr}")
     return str(bin_dir), str(conflist)
 
 

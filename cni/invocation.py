@@ -1,40 +1,59 @@
-"""The CNI executable ``underlay``: a thin, standard-library-only client of the node agent.
+"""One CNI invocation, decided in the agent.
 
-The runtime execs it with CNI_* variables and the network configuration on stdin (CNI spec
-1.1.0; versions 0.4.0, 1.0.0 and 1.1.0). It parses both once into a ``Request``, runs one
-``cmd_*`` function from the dispatch table, and prints the result JSON (ADD, VERSION) or
-nothing (DEL, CHECK, STATUS, GC). Every failure is mapped in ``main`` to the spec's error
-JSON on stdout with a non-zero exit: never a traceback, never anything else on stdout.
-Diagnostics that are not errors (DEL without an agent) go to stderr.
+The runtime execs the host executable (``cni/shim``, a static Go program) with the CNI_*
+environment and the network configuration on stdin. The shim sends both to the agent
+socket as ``POST /v1/cni``, and the agent answers with what ``run_invocation`` returns: the
+bytes to print on stdout (the result JSON, or the spec's error JSON), anything for stderr,
+and the exit code. The shim prints them as they are. Every CNI decision is made here, in
+one place: parsing and validating the environment and the netconf (``cni.request``),
+version negotiation, prevResult merging, result conversion, error codes and messages.
 
-Agent down: ADD and CHECK -> 11 (try again later), DEL -> success, STATUS -> 50, GC -> 11.
-Import rule (tests/test_imports.py): the standard library and ``cni.spec`` only.
+Each command is a small function over one parsed ``Request``; it reaches the agent's
+service through ``AgentCall`` (the same routes and error replies as the agent socket's
+``/v1/attach``, ``/v1/detach``, ... that older executables call), so a request is
+validated and answered the same way whichever path it came by. Nothing changes state
+before the request is valid.
+
+What the shim answers alone, because it cannot reach the agent otherwise, is listed in
+its own header (VERSION, the agent unreachable, input it cannot frame); its messages are
+the ones this module writes.
 """
 from __future__ import annotations
 
 import json
-import os
-import sys
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from cni.agent_client import AgentError, AgentUnreachable, call_agent
-from cni.request import MAX_STDIN_BYTES, Request, netns_exists, parse_request
-from cni.spec import API_VERSION, SUPPORTED_VERSIONS, Code, CniError
+from cni.request import Request, netns_exists, parse_request
+from cni.spec import API_VERSION, SUPPORTED_VERSIONS, CniError, Code
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs ~5 ms of start-up
-    from typing import Any, Callable
+logger = logging.getLogger(__name__)
+
+# (method, path, body) -> (HTTP status, reply object): the agent's own request router.
+AgentCall = Callable[[str, str, "dict | None"], "tuple[int, dict]"]
 
 _INTERFACE_KEYS_040 = ("name", "mac", "sandbox")
 
 
-def cmd_add(req: Request) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Answer:
+    """What the executable prints and returns."""
+
+    exit: int
+    stdout: str
+    stderr: str = ""
+
+
+def cmd_add(req: Request, agent: AgentCall) -> dict[str, Any]:
     require_netns(req)
     body = {"api": API_VERSION, "cni_version": req.cni_version, "network": req.network,
             "container_id": req.container_id, "ifname": req.ifname, "netns": req.netns,
             "mode": req.mode, **_pod_fields(req, ("pod_namespace", "pod_name", "pod_uid"))}
     if req.mtu is not None:
         body["mtu"] = req.mtu
-    reply = ask_agent(req, "POST", "/v1/attach", body, Code.TRY_AGAIN_LATER)
+    reply = ask_agent(agent, "POST", "/v1/attach", body)
     result = reply.get("result")
     if not isinstance(result, dict):
         raise CniError(Code.AGENT_INTERNAL, "agent answered attach without a result object")
@@ -43,29 +62,23 @@ def cmd_add(req: Request) -> dict[str, Any]:
     return convert_result(result, req.cni_version)
 
 
-def cmd_check(req: Request) -> None:
+def cmd_check(req: Request, agent: AgentCall) -> None:
     require_netns(req)
     body = {"api": API_VERSION, "cni_version": req.cni_version, "network": req.network,
             "container_id": req.container_id, "ifname": req.ifname, "netns": req.netns,
             "prev_result": req.prev_result}
-    ask_agent(req, "POST", "/v1/check", body, Code.TRY_AGAIN_LATER)
+    ask_agent(agent, "POST", "/v1/check", body)
 
 
-def cmd_del(req: Request) -> None:
+def cmd_del(req: Request, agent: AgentCall) -> None:
     body = {"api": API_VERSION, "network": req.network, "container_id": req.container_id,
             "ifname": req.ifname, "netns": req.netns,
             **_pod_fields(req, ("pod_namespace", "pod_name"))}
-    try:
-        ask_agent(req, "POST", "/v1/detach", body, Code.TRY_AGAIN_LATER)
-    except AgentDown as down:
-        # Spec: DEL must succeed when what it would remove cannot be reached; the agent
-        # reclaims the allocation when it is back (GC and reconcile).
-        sys.stderr.write(f"underlay: DEL of {req.container_id}/{req.ifname} reported as "
-                         f"done: {down.msg}; the agent will reclaim it when it is back\n")
+    ask_agent(agent, "POST", "/v1/detach", body)
 
 
-def cmd_status(req: Request) -> None:
-    reply = ask_agent(req, "GET", "/v1/status", None, Code.NOT_AVAILABLE)
+def cmd_status(req: Request, agent: AgentCall) -> None:
+    reply = ask_agent(agent, "GET", "/v1/status", None)
     code = reply.get("code")
     if isinstance(code, int) and not isinstance(code, bool):  # e.g. 51: ready, no address
         raise CniError(code, str(reply.get("msg") or "agent cannot take new pods"))
@@ -73,38 +86,25 @@ def cmd_status(req: Request) -> None:
         raise CniError(Code.NOT_AVAILABLE, str(reply.get("msg") or "agent is not ready"))
 
 
-def cmd_gc(req: Request) -> None:
+def cmd_gc(req: Request, agent: AgentCall) -> None:
     body = {"api": API_VERSION, "network": req.network,
             "valid_attachments": list(req.valid_attachments or ())}
-    ask_agent(req, "POST", "/v1/gc", body, Code.TRY_AGAIN_LATER)
+    ask_agent(agent, "POST", "/v1/gc", body)
 
 
-def cmd_version(req: Request) -> dict[str, Any]:
+def cmd_version(req: Request, agent: AgentCall) -> dict[str, Any]:
     return {"cniVersion": req.cni_version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
-COMMANDS: dict[str, Callable[[Request], dict[str, Any] | None]] = {
+COMMANDS: dict[str, Callable[[Request, AgentCall], "dict[str, Any] | None"]] = {
     "ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check,
     "VERSION": cmd_version, "STATUS": cmd_status, "GC": cmd_gc,
 }
 
 
-class AgentDown(CniError):
-    """Nothing listens on the agent socket: the request never reached the agent."""
-
-
-def ask_agent(req: Request, method: str, path: str, body: dict | None,
-              down_code: int) -> dict[str, Any]:
-    """One call to the agent. Its error replies become ``CniError`` with the agent's code;
-    no agent -> ``AgentDown(down_code)``; an agent that took the request but gave no valid
-    answer (timeout, closed connection) -> ``CniError(down_code)``: DEL must not pretend
-    success then, the agent may be half-way through it."""
-    try:
-        status, reply = call_agent(req.socket, method, path, body, req.timeout)
-    except AgentUnreachable as exc:
-        raise AgentDown(down_code, f"agent unreachable: {exc}") from None
-    except AgentError as exc:
-        raise CniError(down_code, str(exc)) from None
+def ask_agent(agent: AgentCall, method: str, path: str, body: dict | None) -> dict[str, Any]:
+    """One call into the agent's service; its error replies become ``CniError``."""
+    status, reply = agent(method, path, body)
     if status >= 400:
         code = reply.get("code")
         if not isinstance(code, int) or isinstance(code, bool):
@@ -166,12 +166,7 @@ def _convert_ip(ip: dict[str, Any], old: bool) -> dict[str, Any]:
     return ip
 
 
-def read_stdin() -> bytes:
-    stream = sys.stdin.buffer if sys.stdin is not None else None
-    return stream.read(MAX_STDIN_BYTES + 1) if stream is not None else b""
-
-
-def _error_version(stdin: bytes) -> str:
+def error_version(stdin: bytes) -> str:
     """The version to write an early error in: the request's when it is one we know."""
     try:
         version = json.loads(stdin).get("cniVersion")
@@ -180,31 +175,24 @@ def _error_version(stdin: bytes) -> str:
     return version if version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
 
 
-def main() -> int:
-    stdin = b""
+def run_invocation(env: dict[str, str], stdin: bytes, agent: AgentCall) -> Answer:
+    """Parse, dispatch, and map every failure to the spec's error JSON in one place."""
     version = None
     try:
-        stdin = read_stdin()
-        req = parse_request(dict(os.environ), stdin)
+        req = parse_request(env, stdin)
         version = req.cni_version if req.cni_version in SUPPORTED_VERSIONS else None
-        out = COMMANDS[req.command](req)
+        out = COMMANDS[req.command](req, agent)
     except CniError as err:
-        return _fail(err, version or _error_version(stdin))
+        return _fail(err, version or error_version(stdin))
     except OSError as exc:
         return _fail(CniError(Code.IO_FAILURE, f"I/O failure: {exc}"),
-                     version or _error_version(stdin))
-    except Exception as exc:  # noqa: BLE001 - never a traceback on stdout
+                     version or error_version(stdin))
+    except Exception as exc:  # noqa: BLE001 - the runtime gets an error JSON, never a trace
+        logger.exception("CNI %s failed", env.get("CNI_COMMAND"))
         return _fail(CniError(Code.AGENT_INTERNAL, "internal error in the underlay plugin: "
-                              f"{type(exc).__name__}: {exc}"), version or _error_version(stdin))
-    if out is not None:
-        sys.stdout.write(json.dumps(out) + "\n")
-    return 0
+                              f"{type(exc).__name__}: {exc}"), version or error_version(stdin))
+    return Answer(0, "" if out is None else json.dumps(out) + "\n")
 
 
-def _fail(err: CniError, version: str) -> int:
-    sys.stdout.write(json.dumps(err.to_dict(version)) + "\n")
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _fail(err: CniError, version: str) -> Answer:
+    return Answer(1, json.dumps(err.to_dict(version)) + "\n")

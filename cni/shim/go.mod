@@ -1,0 +1,3 @@
+module underlay.io/shim
+
+go 1.19
