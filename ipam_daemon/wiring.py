@@ -53,6 +53,8 @@ class KernelWiring:
         self._modules = ["cni.datapath.pods", f"cni.datapath.{mode.value}", "cni.datapath.eni",
                          "cni.datapath.snat", "cni.datapath"]
         self._snat = False
+        # veth: DEL hands host veths to a thread that deletes them (the kernel takes ~25 ms)
+        self._reaper: Any = None
 
     def _function(self, name: str) -> Any:
         for module_name in self._modules:
@@ -67,6 +69,11 @@ class KernelWiring:
 
     def prepare_host(self, snat: SnatConfig | None) -> None:
         self._function("ensure_host_sysctls")()
+        if self.mode is Mode.VETH and self._reaper is None:
+            from cni.datapath.veth import LinkReaper
+
+            self._reaper = LinkReaper()  # started here: in the node's namespace
+            self._reaper.sweep()  # what a killed agent had not deleted yet
         if snat is not None:
             self._function("ensure_snat")(snat)  # enabled=False removes ours
             self._snat = snat.enabled
@@ -76,17 +83,21 @@ class KernelWiring:
         logger.info("ENI %s (device %d) is link %s", eni.mac, eni.device_index, name)
 
     def setup_pod(self, pod: PodSpec) -> WiredPod | None:
-        return self._function("setup_pod")(pod)
+        return self._function("setup_pod")(pod, self._reaper)
 
     def teardown_pod(self, pod: PodSpec) -> None:
-        self._function("teardown_pod")(pod)
+        self._function("teardown_pod")(pod, self._reaper)
 
     def check_pod(self, pod: PodSpec) -> list[str]:
         return list(self._function("check_pod")(pod))
 
     def shutdown(self) -> None:
-        """Pods keep their wiring across an agent restart; only SNAT is left as is too."""
-        return None
+        """Pods keep their wiring across an agent restart; SNAT is left as is too. Host
+        veths already handed to the reaper are deleted first (bounded)."""
+        if self._reaper is not None:
+            self._reaper.wait_idle(10.0)
+            self._reaper.stop()
+            self._reaper = None
 
 
 def build_wiring(datapath: str) -> Wiring:

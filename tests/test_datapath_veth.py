@@ -12,6 +12,7 @@ import pytest
 
 from cni.datapath import (DatapathError, NetnsMissing, check_pod, ensure_eni,
                           ensure_host_sysctls, setup_pod, teardown_pod)
+from cni.datapath.veth import REAP_GROUP, LinkReaper
 from datapath_fixtures import (PRIMARY_IP, VPC_HOST, kernel_state, ping, sh, static_vpc,
                                udp_probe)
 
@@ -214,3 +215,42 @@ def test_a_repeated_add_rewires_without_duplicates(vpc):
     assert node_view(vpc)["links"] >= {spec.host_ifname}
     assert sum(name.startswith("ulay") for name in node_view(vpc)["links"]) == 1
     assert ping(pod_ns, PRIMARY_IP)
+
+
+def test_teardown_through_the_reaper_frees_the_name_and_deletes_the_link_later(vpc):
+    """The DEL returns with the pod's route and rules gone and its host veth down and out of
+    the way; the reaper deletes it. Wiring the same pod again at once works whether or not
+    the reaper got to it yet (its pod end may still hold the name eth0)."""
+    reaper = vpc.in_node(LinkReaper)
+    try:
+        before = node_view(vpc)
+        pod_ns, spec = wire(vpc, IP_A, 0, name="again")
+        for _ in range(5):
+            vpc.in_node(teardown_pod, spec, reaper)
+            view = node_view(vpc)
+            assert spec.host_ifname not in view["links"]
+            assert not any(IP_A in line for line in view["routes"] | view["rules"])
+            vpc.in_node(setup_pod, spec, reaper)
+            assert vpc.in_node(check_pod, spec) == []
+            assert ping(pod_ns, PRIMARY_IP)
+        vpc.in_node(teardown_pod, spec, reaper)
+        assert reaper.wait_idle(10.0)
+        sh("ip", "-n", vpc.router, "route", "del", f"{IP_A}/32")
+        assert node_view(vpc) == before
+        assert pod_links(pod_ns) == ["lo"]
+    finally:
+        reaper.stop()
+
+
+def test_the_reaper_deletes_what_a_killed_agent_left_in_its_group(vpc):
+    before = node_view(vpc)
+    sh("ip", "-n", vpc.node, "link", "add", "ulrm1f", "type", "veth", "peer", "name", "ulrm20")
+    for name in ("ulrm1f", "ulrm20"):
+        sh("ip", "-n", vpc.node, "link", "set", name, "group", str(REAP_GROUP))
+    reaper = vpc.in_node(LinkReaper)
+    try:
+        reaper.sweep()
+        assert reaper.wait_idle(10.0)
+    finally:
+        reaper.stop()
+    assert node_view(vpc) == before

@@ -40,7 +40,8 @@ def validate_pod(pod: PodSpec) -> None:
     validate_eni(pod.eni)
 
 
-def setup_pod(pod: PodSpec) -> WiredPod:
+def setup_pod(pod: PodSpec, reaper=None) -> WiredPod:
+    """``reaper``: a ``veth.LinkReaper`` that teardown hands host links to (veth mode)."""
     validate_pod(pod)
     if Mode(pod.mode) is Mode.IPVLAN:
         from cni.datapath import ipvlan
@@ -48,10 +49,10 @@ def setup_pod(pod: PodSpec) -> WiredPod:
         return ipvlan.setup_pod_ipvlan(pod)
     from cni.datapath import veth
 
-    return veth.setup_pod(pod)
+    return veth.setup_pod(pod, reaper)
 
 
-def teardown_pod(pod: PodSpec) -> None:
+def teardown_pod(pod: PodSpec, reaper=None) -> None:
     validate_pod(pod)
     if Mode(pod.mode) is Mode.IPVLAN:
         from cni.datapath import ipvlan
@@ -60,7 +61,7 @@ def teardown_pod(pod: PodSpec) -> None:
         return
     from cni.datapath import veth
 
-    veth.teardown_pod(pod)
+    veth.teardown_pod(pod, reaper)
 
 
 def check_pod(pod: PodSpec) -> list[str]:

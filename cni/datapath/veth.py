@@ -10,30 +10,47 @@ pod side                                   node side
   (permanent: no ARP, no proxy_arp)          table <ENI>: default via <gw> dev <ENI link>
 
 The peer is created directly inside the pod namespace under its final name (the kernel
-allows naming a veth peer in its target namespace), which is the same end state as
-create-move-rename with one step fewer and no temporary name to collide on.
+allows naming a veth peer in its target namespace), the host end up and both MAC
+addresses chosen here, which is the same end state as create-move-rename with three
+steps fewer and no temporary name to collide on.
 
-setup_pod is all-or-nothing: each step registers its undo on an ExitStack as soon as it
-succeeded; the stack is kept (pop_all) only when every step did.
+The requests go through ``cni.datapath.rtnl`` in batches (pyroute2 encodes each message in
+about 0.5 ms): an ADD is five round trips to the kernel on the node (create + look up,
+host route, stale-rule sweep, rules) and one in the pod (up, address, two routes,
+neighbour); a DEL is three. setup_pod is all-or-nothing: each step registers its undo on an ExitStack
+as soon as it succeeded; the stack is kept (pop_all) only when every step did.
+
+Deleting a veth makes the kernel wait for the device's last references (about 25 ms
+here), so teardown can hand the host end to a ``LinkReaper`` instead: the link is taken
+down and renamed out of the way (its routes go with it at once), and the reaper deletes
+it in its own thread. Without a reaper, teardown deletes it before returning.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import queue
+import threading
 from typing import Any
 
 from cni.datapath import (LINK_LOCAL_GW, RULE_PRIO_FROM_POD, RULE_PRIO_TO_POD,
                           DatapathError, NetnsMissing, PodSpec, WiredPod)
-from cni.datapath.netns import open_netns
+from cni.datapath.netns import entered_netns, open_netns
 from cni.datapath.pods import validate_pod
-from cni.datapath.rules import (MAIN_TABLE, NUD_PERMANENT, SCOPE_LINK, Rule, add_rule,
-                                delete_rule, find_host_route_oif, find_link_index, get_link,
-                                ignore_gone, naming_step, rules_for_ip)
+from cni.datapath.rtnl import (RTM_DELROUTE, RTM_DELRULE, RTM_NEWROUTE, RTM_NEWRULE,
+                               RT_SCOPE_LINK, Request, RtnlSocket, addr_add_msg, link_del_msg,
+                               link_get_msg, link_info, link_set_msg, neigh_msg, route_msg,
+                               rule_msg, veth_msg)
+from cni.datapath.rules import MAIN_TABLE, Rule, find_host_route_oif, get_link
 
 logger = logging.getLogger(__name__)
 
 POD_PRIORITIES = (RULE_PRIO_TO_POD, RULE_PRIO_FROM_POD)
+REAPED_PREFIX = "ulrm"  # host veths handed to the reaper, renamed ulrm<index in hex>
+REAP_GROUP = 0x756C7264  # the link group they wait in ("ulrd"); 0 is every link's default
+_SWEEP_LIMIT = 8  # stale rules of one address removed at most per sweep
 
 
 def pod_rules(pod: PodSpec) -> tuple[Rule, ...]:
@@ -41,6 +58,13 @@ def pod_rules(pod: PodSpec) -> tuple[Rule, ...]:
         return ()  # vpc-route mode: the main table routes the pod both ways
     return (Rule(priority=RULE_PRIO_TO_POD, table=MAIN_TABLE, dst=pod.pod_ip),
             Rule(priority=RULE_PRIO_FROM_POD, table=pod.eni.table, src=pod.pod_ip))
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC, as the kernel gives a veth by default."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
 
 
 def _open_netns_fd(path: str) -> int:
@@ -52,96 +76,185 @@ def _open_netns_fd(path: str) -> int:
         raise DatapathError(f"cannot open network namespace {path}: {exc.strerror}") from None
 
 
-def _remove_stale_host_veth(host: Any, pod: PodSpec) -> None:
-    """A veth with our name left by an earlier sandbox of the same pod would block us."""
-    index = find_link_index(host, pod.host_ifname)
-    if index is not None:
-        logger.info("removing stale host veth %s before wiring %s", pod.host_ifname,
-                    pod.container_id)
-        with naming_step(f"removing stale host veth {pod.host_ifname}"):
-            host.link("del", index=index)
+class LinkReaper:
+    """Deletes host veths in a thread of its own, so that a DEL does not wait while the
+    kernel unregisters them. Teardown takes a link down, renames it out of the pod's way
+    (``ulrm<index>``) and puts it in link group ``REAP_GROUP``; the reaper deletes the
+    whole group at once (one wait for the kernel however many DELs came meanwhile). Links
+    a killed agent left in the group go at the next start (``sweep``)."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._handed = self._deleted = 0
+        self._stopping = False
+        # a thread inherits the namespace of the thread that starts it: the node's
+        self._thread = threading.Thread(target=self._run, name="link-reaper", daemon=True)
+        self._thread.start()
+
+    def submit(self) -> None:
+        """One more link is in the group."""
+        with self._idle:
+            self._handed += 1
+        self._wake.set()
+
+    def sweep(self) -> None:
+        self.submit()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once every link handed over so far is deleted."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._deleted >= self._handed, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        with RtnlSocket() as nl:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                with self._idle:
+                    handed = self._handed
+                if handed > self._deleted:
+                    try:
+                        nl.run([Request(link_del_msg(0, group=REAP_GROUP),
+                                        "deleting the host veths of deleted pods",
+                                        ok=(errno.ENODEV,))])
+                    except (DatapathError, OSError) as exc:
+                        logger.warning("reaper: %s", exc)
+                    with self._idle:
+                        self._deleted = handed
+                        self._idle.notify_all()
+                if self._stopping:
+                    return
 
 
-def _create_veth(host: Any, pod: PodSpec, undo: contextlib.ExitStack) -> int:
-    nsfd = _open_netns_fd(pod.netns)
-    try:
-        with naming_step(f"creating veth {pod.host_ifname} <-> {pod.ifname} in {pod.netns}"):
-            host.link("add", ifname=pod.host_ifname, kind="veth", mtu=pod.mtu,
-                      peer={"ifname": pod.ifname, "net_ns_fd": nsfd, "mtu": pod.mtu})
-    finally:
-        os.close(nsfd)
-    index = find_link_index(host, pod.host_ifname)
-    if index is None:
+def _create_veth(host: RtnlSocket, pod: PodSpec, host_mac: str, pod_mac: str,
+                 reaper: LinkReaper | None) -> tuple[int, int]:
+    """Create the pair and return (host index, pod-side index)."""
+    def attempt() -> tuple[int, int, int]:
+        nsfd = _open_netns_fd(pod.netns)
+        try:
+            [(code, _), (_, found)] = host.run([
+                Request(veth_msg(pod.host_ifname, host_mac, pod.ifname, pod_mac, nsfd,
+                                 pod.mtu), f"creating veth {pod.host_ifname} <-> "
+                        f"{pod.ifname} in {pod.netns}", ok=(errno.EEXIST,)),
+                Request(link_get_msg(pod.host_ifname), f"looking up {pod.host_ifname}",
+                        ok=(errno.ENODEV,))])
+        finally:
+            os.close(nsfd)
+        index, peer = link_info(found[0]) if found else (None, None)
+        return code, index, peer
+
+    code, index, peer = attempt()
+    if code == errno.EEXIST:
+        if index is not None:  # our name: an earlier sandbox of the same pod left it
+            logger.info("removing stale host veth %s before wiring %s", pod.host_ifname,
+                        pod.container_id)
+            host.run([Request(link_del_msg(index), f"removing stale host veth "
+                              f"{pod.host_ifname}", ok=(errno.ENODEV,))])
+        elif reaper is not None:  # the pod's end of a pair the reaper has not deleted yet
+            reaper.wait_idle(5.0)
+        code, index, peer = attempt()
+        if code:
+            raise DatapathError(f"creating veth {pod.host_ifname} <-> {pod.ifname} in "
+                                f"{pod.netns} failed: {os.strerror(code)} (errno {code})")
+    if index is None or peer is None:
         raise DatapathError(f"host veth {pod.host_ifname} vanished right after creation")
-    # deleting the host end deletes the pod end (and every route on either) with it
-    undo.callback(ignore_gone, lambda: host.link("del", index=index),
-                  f"rollback: deleting veth {pod.host_ifname}")
-    return index
+    return index, peer
 
 
-def _wire_pod_side(pod: PodSpec, host_mac: str) -> tuple[str, int]:
-    with open_netns(pod.netns) as ns:
-        found = ns.link_lookup(ifname=pod.ifname)
-        if not found:
-            raise DatapathError(f"pod interface {pod.ifname} missing in {pod.netns} "
-                                "right after creating it")
-        idx = found[0]
-        with naming_step(f"bringing up pod {pod.ifname}"):
-            ns.link("set", index=idx, state="up")
-        with naming_step(f"adding {pod.pod_ip}/32 to pod {pod.ifname}"):
-            ns.addr("add", index=idx, address=pod.pod_ip, prefixlen=32)
-        with naming_step(f"adding route {LINK_LOCAL_GW} dev {pod.ifname} scope link in pod"):
-            ns.route("add", dst=f"{LINK_LOCAL_GW}/32", oif=idx, scope=SCOPE_LINK)
-        with naming_step(f"adding default via {LINK_LOCAL_GW} in pod"):
-            ns.route("add", dst="0.0.0.0/0", gateway=LINK_LOCAL_GW, oif=idx)
-        with naming_step(f"adding neighbour {LINK_LOCAL_GW} -> {host_mac} in pod"):
-            ns.neigh("add", dst=LINK_LOCAL_GW, lladdr=host_mac, ifindex=idx,
-                     state=NUD_PERMANENT)
-        mac = ns.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-    return mac, idx
+def _wire_pod_side(pod: PodSpec, index: int, host_mac: str) -> None:
+    with entered_netns(pod.netns):
+        nl = RtnlSocket()  # bound in the pod's namespace
+    with nl:
+        nl.run([
+            Request(link_set_msg(index, up=True), f"bringing up pod {pod.ifname}"),
+            Request(addr_add_msg(index, pod.pod_ip, 32),
+                    f"adding {pod.pod_ip}/32 to pod {pod.ifname}"),
+            Request(route_msg(RTM_NEWROUTE, LINK_LOCAL_GW, 32, oif=index, scope=RT_SCOPE_LINK),
+                    f"adding route {LINK_LOCAL_GW} dev {pod.ifname} scope link in pod"),
+            Request(route_msg(RTM_NEWROUTE, "0.0.0.0", 0, oif=index, gateway=LINK_LOCAL_GW),
+                    f"adding default via {LINK_LOCAL_GW} in pod"),
+            Request(neigh_msg(index, LINK_LOCAL_GW, host_mac),
+                    f"adding neighbour {LINK_LOCAL_GW} -> {host_mac} in pod"),
+        ])
 
 
-def setup_pod(pod: PodSpec) -> WiredPod:
+def sweep_rules(nl: RtnlSocket, pod_ip: str, known: tuple[Rule, ...] = ()) -> None:
+    """Remove the ``known`` rules and every other rule of ours naming ``pod_ip``, whatever
+    its table: a delete that names no table matches any (the kernel compares only what a
+    request sets), so the sweep repeats until both such deletes find nothing."""
+    exact = [Request(rule_msg(RTM_DELRULE, r.priority, table=r.table, src=r.src, dst=r.dst),
+                     f"deleting {r.describe()}", ok=(errno.ENOENT,)) for r in known]
+    for _ in range(_SWEEP_LIMIT):
+        answers = nl.run(exact + [
+            Request(rule_msg(RTM_DELRULE, RULE_PRIO_TO_POD, dst=pod_ip),
+                    f"deleting rule to {pod_ip}", ok=(errno.ENOENT,)),
+            Request(rule_msg(RTM_DELRULE, RULE_PRIO_FROM_POD, src=pod_ip),
+                    f"deleting rule from {pod_ip}", ok=(errno.ENOENT,))])
+        if all(code for code, _ in answers[len(exact):]):
+            return
+        exact = []
+    logger.warning("more than %d stale rules name %s; some are left", _SWEEP_LIMIT, pod_ip)
+
+
+def setup_pod(pod: PodSpec, reaper: LinkReaper | None = None) -> WiredPod:
     """Wire one pod in veth mode; on any failure nothing of it is left behind."""
-    from pyroute2 import IPRoute
-
     validate_pod(pod)
-    # outermost: a netlink error no step anticipated still arrives as a DatapathError,
-    # after the rollback below has run
-    with naming_step(f"wiring {pod.pod_ip} for {pod.container_id}"), \
-            IPRoute() as host, contextlib.ExitStack() as undo:
-        _remove_stale_host_veth(host, pod)
-        index = _create_veth(host, pod, undo)
-        with naming_step(f"bringing up host veth {pod.host_ifname}"):
-            host.link("set", index=index, state="up")
-        host_mac = host.get_links(index)[0].get_attr("IFLA_ADDRESS")
-        pod_mac, pod_index = _wire_pod_side(pod, host_mac)
+    host_mac, pod_mac = random_mac(), random_mac()
+    with RtnlSocket() as host, contextlib.ExitStack() as undo:
+        index, pod_index = _create_veth(host, pod, host_mac, pod_mac, reaper)
+        # deleting the host end deletes the pod end (and every route on either) with it
+        undo.callback(_undo, host, Request(link_del_msg(index), f"rollback: deleting veth "
+                                           f"{pod.host_ifname}", ok=(errno.ENODEV,)))
+        _wire_pod_side(pod, pod_index, host_mac)
         # EEXIST here means another live interface already carries this IP: two pods
         # holding one address. Fail (and roll back) rather than steal its traffic.
-        with naming_step(f"adding host route {pod.pod_ip}/32 dev {pod.host_ifname} "
-                         "(is the IP already wired to another pod?)"):
-            host.route("add", dst=f"{pod.pod_ip}/32", oif=index, scope=SCOPE_LINK,
-                       table=MAIN_TABLE)
-        undo.callback(ignore_gone, lambda: host.route(
-            "del", dst=f"{pod.pod_ip}/32", oif=index, table=MAIN_TABLE),
-            f"rollback: deleting route {pod.pod_ip}/32")
-        # The route went in, so no live pod holds this IP: rules still naming it are
-        # leftovers of a pod whose teardown never ran.
-        for stale in rules_for_ip(host, pod.pod_ip, POD_PRIORITIES):
-            logger.info("removing stale %s", stale.describe())
-            delete_rule(host, stale)
-        for rule in pod_rules(pod):
-            add_rule(host, rule)
-            undo.callback(delete_rule, host, rule)
+        host.run([Request(route_msg(RTM_NEWROUTE, pod.pod_ip, 32, oif=index,
+                                    scope=RT_SCOPE_LINK),
+                          f"adding host route {pod.pod_ip}/32 dev {pod.host_ifname} "
+                          "(is the IP already wired to another pod?)")])
+        rules = pod_rules(pod)
+        if rules:
+            # The route went in, so no live pod holds this IP: rules still naming it are
+            # leftovers of a pod whose teardown never ran.
+            sweep_rules(host, pod.pod_ip)
+            undo.callback(_undo_rules, host, pod.pod_ip, rules)
+            host.run([Request(rule_msg(RTM_NEWRULE, r.priority, table=r.table, src=r.src,
+                                       dst=r.dst), f"adding {r.describe()}") for r in rules])
         undo.pop_all()
     logger.info("wired pod %s/%s (%s) %s on %s, table %d", pod.pod_namespace, pod.pod_name,
                 pod.container_id, pod.pod_ip, pod.host_ifname, pod.eni.table)
     return WiredPod(host_ifname=pod.host_ifname, pod_mac=pod_mac, pod_ifindex=pod_index)
 
 
-def _peer_in_pod_netns(pod: PodSpec, host_index: int, host_link: Any) -> bool:
-    """True when the host veth's peer is pod.ifname inside pod.netns (mutual indexes)."""
+def _undo(nl: RtnlSocket, request: Request) -> None:
     try:
+        nl.run([request])
+    except DatapathError as exc:
+        logger.warning("%s", exc)
+
+
+def _undo_rules(nl: RtnlSocket, pod_ip: str, rules: tuple[Rule, ...]) -> None:
+    try:
+        sweep_rules(nl, pod_ip, rules)
+    except DatapathError as exc:
+        logger.warning("rollback: %s", exc)
+
+
+def _peer_in_pod_netns(pod: PodSpec, host_index: int) -> bool:
+    """True when the host veth's peer is pod.ifname inside pod.netns (mutual indexes)."""
+    from pyroute2 import IPRoute
+
+    try:
+        with IPRoute() as ipr:
+            host_link = get_link(ipr, host_index)
+        if host_link is None:
+            return False
         with open_netns(pod.netns) as ns:
             found = ns.link_lookup(ifname=pod.ifname)
             if not found:
@@ -153,41 +266,68 @@ def _peer_in_pod_netns(pod: PodSpec, host_index: int, host_link: Any) -> bool:
         return False
 
 
-def teardown_pod(pod: PodSpec) -> None:
+def _routed_elsewhere(pod: PodSpec, own_index: int | None) -> int | None:
+    """The index of a live link other than ``own_index`` that the pod IP is routed to."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        oif = find_host_route_oif(ipr, pod.pod_ip)
+        if oif is None or oif == own_index or get_link(ipr, oif) is None:
+            return None  # a route on a link already gone goes with its dying netns
+        return oif
+
+
+def teardown_pod(pod: PodSpec, reaper: LinkReaper | None = None) -> None:
     """Undo setup_pod. Idempotent: a missing netns, veth, route or rule is fine.
 
-    The host veth is deleted only when it is provably this pod's (it carries the pod's
+    The host veth is removed only when it is provably this pod's (it carries the pod's
     host route, or its peer is the pod's interface): a stale DEL for an earlier sandbox
     of the same pod must not cut the new one. Rules are matched by the pod IP, and left
     alone when the IP is routed to some other live link (the IP has a new owner).
     """
-    from pyroute2 import IPRoute
-
     validate_pod(pod)
-    with naming_step(f"tearing down {pod.pod_ip} of {pod.container_id}"), IPRoute() as host:
-        index = named = find_link_index(host, pod.host_ifname)
-        route_oif = find_host_route_oif(host, pod.pod_ip)
-        link = get_link(host, index) if index is not None else None
-        if link is None:
-            index = None  # gone, or going with its dying netns
-        else:
-            if route_oif == index or _peer_in_pod_netns(pod, index, link):
-                ignore_gone(lambda: host.link("del", index=index),
-                            f"deleting host veth {pod.host_ifname}")
+    with RtnlSocket() as host:
+        index = host.link_index(pod.host_ifname)
+        routed_here = False
+        if index is not None:
+            [(code, _)] = host.run([Request(
+                route_msg(RTM_DELROUTE, pod.pod_ip, 32, oif=index, scope=RT_SCOPE_LINK),
+                f"deleting host route {pod.pod_ip}/32", ok=(errno.ESRCH, errno.ENOENT))])
+            routed_here = code == 0
+            if routed_here or _peer_in_pod_netns(pod, index):
+                _remove_host_veth(host, pod, index, reaper)
             else:
                 logger.warning("host veth %s is not wired to %s in %s; left in place",
                                pod.host_ifname, pod.pod_ip, pod.netns)
-        # a route on our own veth, or on a link already gone (a dying netns takes its veth
-        # and then the route with it), is no new owner: only a live other link is
-        if (route_oif is not None and route_oif != named
-                and get_link(host, route_oif) is not None):
-            logger.warning("%s is routed to another link (index %d); its rules are left",
-                           pod.pod_ip, route_oif)
-            return
-        for rule in rules_for_ip(host, pod.pod_ip, POD_PRIORITIES):
-            delete_rule(host, rule)
+        if not routed_here:
+            other = _routed_elsewhere(pod, index)
+            if other is not None:
+                logger.warning("%s is routed to another link (index %d); its rules are left",
+                               pod.pod_ip, other)
+                return
+        if pod.policy_routing:
+            sweep_rules(host, pod.pod_ip, pod_rules(pod))
     logger.info("tore down pod %s/%s (%s) %s", pod.pod_namespace, pod.pod_name,
                 pod.container_id, pod.pod_ip)
+
+
+def _remove_host_veth(host: RtnlSocket, pod: PodSpec, index: int,
+                      reaper: LinkReaper | None) -> None:
+    what = f"deleting host veth {pod.host_ifname}"
+    if reaper is None:
+        host.run([Request(link_del_msg(index), what, ok=(errno.ENODEV,))])
+        return
+    reaped = f"{REAPED_PREFIX}{index:x}"
+    answers = host.run([
+        Request(link_set_msg(index, up=False), f"taking {pod.host_ifname} down",
+                ok=(errno.ENODEV,)),
+        Request(link_set_msg(index, name=reaped, group=REAP_GROUP),
+                f"handing {pod.host_ifname} to the reaper as {reaped}",
+                ok=(errno.ENODEV, errno.EEXIST))])
+    if any(code for code, _ in answers):  # gone meanwhile, or the name is taken
+        host.run([Request(link_del_msg(index), what, ok=(errno.ENODEV,))])
+        return
+    reaper.submit()
 
 
 def check_pod(pod: PodSpec) -> list[str]:
