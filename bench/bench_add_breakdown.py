@@ -5,13 +5,15 @@ part alone in the same run, interleaved round by round (medians, ms):
 
 - ``ip netns exec`` wrapper: ``ip netns exec <node> true`` (the harness's way onto the node;
   the reference pays it too);
-- executable start-up: the ``underlay`` executable answering VERSION, minus the wrapper;
+- executable start-up: the ``underlay`` executable (the static Go shim) answering VERSION,
+  minus the wrapper;
 - agent, IPAM only: POST /v1/attach (fresh connection, as the executable makes) to an agent
-  with ``datapath: none`` on a second node: socket round trip + borrow + commit;
+  with ``datapath: none`` on a second node: socket round trip + borrow + commit (the shim's
+  POST /v1/cni adds only the agent's parse of the environment and netconf to this);
 - datapath wiring: the same POST to the veth agent minus the IPAM-only one (setup_pod: veth
   pair, addresses, routes, rules, neighbour);
 - libcni and the rest: the libcni ADD minus all of the above (the Go client, conflist
-  parsing, result caching, the executable's parse and print);
+  parsing, result caching, the invocation's parse and result in the agent);
 - beside it the whole libcni ADD of ptp + host-local.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import subprocess
 import time
 
 from bench.bench_agent_resources import write_reference_conflist
-from bench.bench_cni_latency import run_rounds
+from bench.bench_cni_latency import make_sandbox, run_rounds
 from cloud.emulator.harness import Cluster
 from ipam_daemon.client import AgentClient
 
@@ -69,10 +71,6 @@ def run(out: dict, *, quick: bool = False) -> None:
         overrides = {"warm_ips": 8, "cooldown_seconds": 0.1, "snat": False}
         cluster.run_agent(veth_node, overrides)
         cluster.run_agent(ipam_node, {**overrides, "datapath": "none"})
-        pod_netns = f"{cluster.prefix}-pbrk"
-        cluster.record.add_netns(pod_netns)
-        subprocess.run(["ip", "netns", "add", pod_netns], check=True, timeout=30)
-        netns_path = f"/run/netns/{pod_netns}"
         conflist = json.loads(open(cluster.conflist_for(veth_node)).read())
         network = conflist["name"]
         reference = write_reference_conflist(veth_node.workdir / "ptp.conflist",
@@ -82,20 +80,22 @@ def run(out: dict, *, quick: bool = False) -> None:
         on_node = ["ip", "netns", "exec", veth_node.netns]
         for i in range(-2, rounds):  # two warm-up rounds, not kept
             keep = i >= 0
+            sandbox = make_sandbox(cluster, f"{cluster.prefix}-sbrk{i + 2:04d}")
             body = {"api": 1, "cni_version": "1.0.0", "network": network,
                     "container_id": f"{cluster.prefix}brk{i + 2:04d}", "ifname": "eth0",
-                    "netns": netns_path, "mode": "veth", "pod_namespace": "bench",
-                    "pod_name": f"brk-{i + 2}"}
+                    "netns": f"/run/netns/{sandbox}", "mode": "veth",
+                    "pod_namespace": "bench", "pod_name": f"brk-{i + 2}"}
             figures = {
                 "wrapper": time_exec([*on_node, "true"]),
                 "version": time_exec([*on_node, plugin], '{"cniVersion": "1.0.0"}', env),
                 "ipam_only": time_attach(ipam_node.socket_path, {**body, "mode": "none"}),
                 "attach_veth": time_attach(veth_node.socket_path, body),
                 "libcni_underlay": run_rounds(cluster, veth_node, cluster.conflist_for(
-                    veth_node), pod_netns, veth_node.workdir / "c", 1, f"u{i + 2:04d}")[0][0],
-                "libcni_ptp": run_rounds(cluster, veth_node, reference, pod_netns,
+                    veth_node), veth_node.workdir / "c", 1, f"u{i + 2:04d}")[0][0],
+                "libcni_ptp": run_rounds(cluster, veth_node, reference,
                                          veth_node.workdir / "c", 1, f"p{i + 2:04d}")[0][0],
             }
+            subprocess.run(["ip", "netns", "delete", sandbox], check=True, timeout=30)
             if keep:
                 for key, value in figures.items():
                     samples[key].append(value)

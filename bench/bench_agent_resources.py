@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.bench_burst import add_pods_concurrently, delete_pods_concurrently
-from bench.bench_cni_latency import run_rounds
+from bench.bench_cni_latency import make_sandbox, run_rounds
 from cloud.emulator.harness import Cluster
 
 logger = logging.getLogger(__name__)
@@ -110,9 +110,6 @@ def run(out: dict, *, quick: bool = False) -> None:
         time.sleep(IDLE_SECONDS)  # let start-up settle (pool filled, first reconcile)
         idle = read_memory_kib(pid)
 
-        pod_netns = f"{cluster.prefix}-pres"
-        cluster.record.add_netns(pod_netns)
-        subprocess.run(["ip", "netns", "add", pod_netns], check=True, timeout=30)
         reference = write_reference_conflist(node.workdir / "ptp.conflist",
                                              node.workdir / "host-local")
         conflists = {"underlay": cluster.conflist_for(node), "reference": reference}
@@ -120,11 +117,18 @@ def run(out: dict, *, quick: bool = False) -> None:
         with RssSampler(pid) as churn_sampler:
             for block in range(churns // BLOCK):
                 for name, conflist in conflists.items():
+                    tag = f"{name[0]}{block:03d}"
+                    # sandboxes made and removed outside the measurement: a runtime's cost
+                    sandboxes = [make_sandbox(cluster, f"{cluster.prefix}-s{tag}x{i:04d}")
+                                 for i in range(BLOCK)]
                     agent_before, children_before = read_cpu_seconds(pid), children_cpu_seconds()
-                    run_rounds(cluster, node, conflist, pod_netns, node.workdir / "cache",
-                               BLOCK, f"{name[0]}{block:03d}")
+                    run_rounds(cluster, node, conflist, node.workdir / "cache", BLOCK, tag,
+                               sandboxes)
                     children = children_cpu_seconds() - children_before
                     agent_cpu = read_cpu_seconds(pid) - agent_before
+                    for sandbox in sandboxes:
+                        subprocess.run(["ip", "netns", "delete", sandbox], check=True,
+                                       timeout=30)
                     if name == "underlay":
                         cpu["agent"] += agent_cpu
                         children += agent_cpu

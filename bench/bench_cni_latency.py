@@ -4,10 +4,11 @@ the reference plugins ptp + host-local, measured in the same run on the same nod
     .venv/bin/python -m bench.bench_cni_latency [-n 50]
 
 A one-node cluster of the emulated cloud (``cloud.emulator.harness``) runs the agent in its
-node namespace. Each round execs ``libcni-client add`` then ``del`` inside the node
-namespace (``ip netns exec``, as a runtime on the node) for a pod namespace made for the
-bench, alternating round by round between the underlay conflist and a ptp + host-local
-conflist (addresses from a range that exists only inside the node namespace). Wall time per libcni exec,
+node namespace. Each round makes a sandbox (a new pod namespace, untimed), execs
+``libcni-client add`` then ``del`` inside the node namespace (``ip netns exec``, as a
+runtime on the node), then removes the sandbox (untimed), as a runtime does for every pod;
+rounds alternate between the underlay conflist and a ptp + host-local conflist
+(addresses from a range that exists only inside the node namespace). Wall time per libcni exec,
 median and p99, and the ratio underlay / reference. The pool is kept warm (warm_ips) so
 that ADD measures the node path, not EC2 calls. Needs root; leaves nothing behind.
 """
@@ -49,22 +50,37 @@ def verify_wired(pod_netns: str, result: str) -> None:
         raise RuntimeError(f"ADD returned {address} but eth0 in {pod_netns} has: {shown!r}")
 
 
-def run_rounds(cluster: Cluster, node, conflist: str, pod_netns: str, cache: Path,
-               rounds: int, tag: str) -> tuple[list[float], list[float]]:
+def make_sandbox(cluster: Cluster, name: str) -> str:
+    """A pod network namespace of the cluster's run (removed by its cleanup if we die)."""
+    assert cluster.record is not None
+    cluster.record.add_netns(name)
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=30)
+    return name
+
+
+def run_rounds(cluster: Cluster, node, conflist: str, cache: Path, rounds: int,
+               tag: str, sandboxes: list[str] | None = None) -> tuple[list[float], list[float]]:
+    """``rounds`` pods, each in a sandbox of its own: ADD and DEL timed (ms), the sandbox's
+    creation and removal not. ``sandboxes``: made (and removed) by the caller instead."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
            "CNI_PATH": f"{cluster.cni_bin_dir}:{REFERENCE_PLUGINS}",
            "LIBCNI_CACHE_DIR": str(cache)}
     adds, dels = [], []
     for i in range(rounds):  # the first ADD of each call is checked to have wired the pod
         cid = f"{cluster.prefix}{tag}x{i:04d}"
-        args = [f"/run/netns/{pod_netns}", cid, "eth0",
+        sandbox = sandboxes[i] if sandboxes else \
+            make_sandbox(cluster, f"{cluster.prefix}-s{tag}x{i:04d}")
+        args = [f"/run/netns/{sandbox}", cid, "eth0",
                 f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={tag}-{i}"]
         base = ["ip", "netns", "exec", node.netns, cluster.libcni_client]
         elapsed, result = timed([*base, "add", conflist, *args], env)
         if i == 0:
-            verify_wired(pod_netns, result)
+            verify_wired(sandbox, result)
         adds.append(elapsed)
         dels.append(timed([*base, "del", conflist, *args], env)[0])
+        if not sandboxes:
+            subprocess.run(["ip", "netns", "delete", sandbox], check=True, timeout=30)
     return adds, dels
 
 
@@ -75,10 +91,6 @@ def main() -> int:
     with Cluster(nodes=1, subnet_cidrs=("10.0.0.0/24",)) as cluster:
         node = cluster.nodes[0]
         cluster.run_agent(node, {"warm_ips": 8, "cooldown_seconds": 0.1, "snat": False})
-        pod_netns = f"{cluster.prefix}-pbench"
-        cluster.record.add_netns(pod_netns)  # removed by cluster.stop() / cleanup
-        subprocess.run(["ip", "netns", "add", pod_netns], check=True)
-        subprocess.run(["ip", "-n", pod_netns, "link", "set", "lo", "up"], check=True)
         reference = node.workdir / "ptp.conflist"
         reference.write_text(json.dumps({
             "cniVersion": "1.0.0", "name": "bench-ptp", "plugins": [{
@@ -89,12 +101,12 @@ def main() -> int:
         plugins = {"underlay": underlay, "ptp+host-local": str(reference)}
         results = {name: ([], []) for name in plugins}
         for tag, conflist in plugins.items():  # warm-up, and a check that ADD really wires
-            run_rounds(cluster, node, conflist, pod_netns, node.workdir / "cw", 3, tag[0] + "w")
+            run_rounds(cluster, node, conflist, node.workdir / "cw", 3, tag[0] + "w")
         # interleaved rounds, so that both see the same machine load
         for i in range(args.n):
             for name, conflist in plugins.items():
-                adds, dels = run_rounds(cluster, node, conflist, pod_netns,
-                                        node.workdir / "c", 1, f"{name[0]}{i:04d}")
+                adds, dels = run_rounds(cluster, node, conflist, node.workdir / "c", 1,
+                                        f"{name[0]}{i:04d}")
                 results[name][0].extend(adds)
                 results[name][1].extend(dels)
     print(f"ADD/DEL through libcni, n={args.n} each, ms per libcni exec "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import subprocess
 
 from bench.bench_agent_resources import write_reference_conflist
 from bench.bench_cni_latency import percentile, run_rounds
@@ -45,22 +44,17 @@ def measure(rounds: int) -> dict[str, tuple[list[float], list[float]]]:
         assert cluster.record is not None
         node = cluster.nodes[0]
         cluster.run_agent(node, {"warm_ips": 8, "cooldown_seconds": 0.1, "snat": False})
-        pod_netns = f"{cluster.prefix}-plat"
-        cluster.record.add_netns(pod_netns)
-        subprocess.run(["ip", "netns", "add", pod_netns], check=True, timeout=30)
-        subprocess.run(["ip", "-n", pod_netns, "link", "set", "lo", "up"], check=True,
-                       timeout=30)
         plugins = {"underlay": cluster.conflist_for(node),
                    "ptp+host-local": write_reference_conflist(node.workdir / "ptp.conflist",
                                                               node.workdir / "host-local")}
         results: dict[str, tuple[list[float], list[float]]] = {p: ([], []) for p in plugins}
         for name, conflist in plugins.items():  # warm-up; the first ADD is checked to wire
-            run_rounds(cluster, node, conflist, pod_netns, node.workdir / "cw", WARMUP,
+            run_rounds(cluster, node, conflist, node.workdir / "cw", WARMUP,
                        name[0] + "w")
         for i in range(rounds):
             for name, conflist in plugins.items():
-                adds, dels = run_rounds(cluster, node, conflist, pod_netns,
-                                        node.workdir / "c", 1, f"{name[0]}{i:04d}")
+                adds, dels = run_rounds(cluster, node, conflist, node.workdir / "c", 1,
+                                        f"{name[0]}{i:04d}")
                 results[name][0].extend(adds)
                 results[name][1].extend(dels)
     return results

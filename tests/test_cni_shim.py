@@ -108,6 +108,7 @@ def test_runs_in_a_chroot_holding_only_itself_and_the_socket_dir(chroot_node):
 
     delete = run({**pod_env, "CNI_COMMAND": "DEL"}, {**netconf, "prevResult": result})
     assert delete.returncode == 0 and delete.stdout == b"", delete.stdout + delete.stderr
+    cluster.wait_reaped(node)
     assert "eth0" not in cluster.exec_in(pod, ["ip", "-o", "link"]).stdout
     status, pods = query_agent(agent_socket, "/v1/pods")
     assert status == 200 and pods == []

@@ -234,9 +234,10 @@ def test_del_leaves_nothing_behind_and_a_second_del_succeeds(cluster: Cluster,
     for attempt in ("first", "second"):
         proc = libcni(cluster, pod, "del")
         assert proc.returncode == 0, (attempt, proc.stdout, proc.stderr)
+    assert not ping(cluster, node1, pod.ip)  # cut at once; the host veth goes a moment later
+    cluster.wait_reaped(node1)
     assert node_state(cluster, node1) == before
     assert pods_of(cluster, node1) == allocations
-    assert not ping(cluster, node1, pod.ip)
     in_pod = cluster.exec_in(pod, ["ip", "-o", "link"]).stdout.splitlines()
     assert [line.split(":")[1].strip() for line in in_pod] == ["lo"]  # eth0 went with it
     cluster.del_pod(pod)  # the sandbox goes; a DEL once its netns is gone succeeds too
@@ -262,6 +263,7 @@ def test_a_pod_whose_netns_went_while_the_agent_was_down_is_released_at_restart(
         cluster.run_agent(node1, {k: config[k] for k in NODE1})
     assert wait_until(lambda: pod.container_id not in pods_of(cluster, node1), 10.0)
     assert pods_of(cluster, node1) == allocations
+    cluster.wait_reaped(node1)
     assert node_state(cluster, node1) == before
 
 

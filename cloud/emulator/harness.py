@@ -56,6 +56,9 @@ REFERENCE_PLUGINS = "/usr/lib/cni"
 _POD_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?\Z")
 _COMMAND_TIMEOUT = 60.0
 DATAPATH_MODES = ("veth", "ipvlan")  # cni.spec.MODES, which cloud may not import
+# A DEL hands the pod's host veth, down and renamed so, to the agent's reaper thread
+# (cni.datapath.veth.REAPED_PREFIX, which cloud may not import).
+REAPED_LINK_PREFIX = "ulrm"
 
 # intervals short enough that a cluster settles in seconds (an agent's defaults are minutes)
 FAST_AGENT_CONFIG: Mapping[str, Any] = {
@@ -289,6 +292,20 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 process.kill()
         return process.wait(timeout=10)
+
+    def wait_reaped(self, node_ref: int | str | Node, timeout: float = 10.0) -> None:
+        """Wait until the node's agent has deleted the host veths of the pods deleted so far
+        (each DEL hands its host veth to a reaper thread and returns)."""
+        node = self.node(node_ref)
+
+        def reaped() -> bool:
+            links = self.exec_in(node, ["ip", "-o", "link"]).stdout.splitlines()
+            return not any(line.split(":")[1].strip().startswith(REAPED_LINK_PREFIX)
+                           for line in links)
+
+        if not wait_until(reaped, timeout):
+            raise HarnessError(f"host veths of deleted pods still on {node.name} after "
+                               f"{timeout}s")
 
     def agent_get(self, node_ref: int | str | Node, path: str) -> tuple[int, Any]:
         """GET on the node agent's socket, e.g. ``/v1/pool``, ``/v1/pods``, ``/v1/enis``."""
