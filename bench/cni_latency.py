@@ -5,7 +5,7 @@ an in-process benchmark that reports median, p99 and the ratios as table rows.
     .venv/bin/python -m bench.run --only cni_latency     (UNDERLAY_BENCH_CNI_ROUNDS=N)
 
 Rounds per plugin: 100 by default (20 with --quick); ``UNDERLAY_BENCH_CNI_ROUNDS`` sets it.
-Targets: ADD median within 2x of the reference, p99 within 3x; DEL median within 1.5x.
+Targets: ADD median within 1.25x of the reference, p99 within 2x; DEL median within 1.25x.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 ROUNDS = 100
 QUICK_ROUNDS = 20
 WARMUP = 3
-TARGETS = {"ADD median": 2.0, "ADD p99": 3.0, "DEL median": 1.5}
+TARGETS = {"ADD median": 1.25, "ADD p99": 2.0, "DEL median": 1.25}
 
 
 def read_rounds(quick: bool) -> int:
