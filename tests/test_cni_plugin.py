@@ -113,6 +113,8 @@ BAD_INPUT = [
     ("version-cmd-malformed", {"CNI_COMMAND": "VERSION"}, b"{", 6, "not valid JSON"),
     ("version-cmd-bad-version", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "one"}', 7,
      "'one'"),
+    ("version-cmd-env-not-utf8", {"CNI_COMMAND": "VERSION", "CNI_ARGS": b"K8S_POD_NAME=\xff"},
+     b'{"cniVersion": "1.0.0"}', 4, "CNI_ARGS is not valid UTF-8"),
 ]
 
 
