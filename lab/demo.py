@@ -1,8 +1,9 @@
-"""``make demo``: two emulated nodes in an emulated VPC, one underlay agent on each, a few
-pods per node created through libcni, pings between pods on different nodes, and each
-node's pool as ``underlay-status`` prints it. Everything lives in network namespaces named
-after the run and is removed at the end, also on Ctrl-C or SIGTERM (after a hard kill:
-``make clean-net``). Needs root; takes about ten seconds.
+"""``make demo``: two emulated nodes in an emulated VPC, one underlay agent and one
+containerd on each, a few pods per node created as the kubelet creates them (RunPodSandbox
+over the CRI; containerd runs the underlay CNI plugin), pings between pods on different
+nodes, and each node's pool as ``underlay-status`` prints it. Everything lives in network
+namespaces and directories named after the run and is removed at the end, also on Ctrl-C
+or SIGTERM (after a hard kill: ``make clean-net``). Needs root; takes about ten seconds.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from collections.abc import Sequence
 from cloud.emulator import cleanup
 from cloud.emulator.addresses import usable_range
 from cloud.emulator.fabric_plan import name_router_link
-from cloud.emulator.harness import Cluster, Pod
+from cloud.emulator.harness import Cluster
 from ipam_daemon.cli import fetch_pool, format_pool
+from lab.containerd import (RuntimePod, install_underlay, node_runtimes, remove_pod, run_pod,
+                            wait_network_ready)
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +41,10 @@ underlay demo: pods with real VPC addresses, no overlay.
   An emulated EC2 (moto behind a strict EC2 layer) holds a VPC {VPC_CIDR} with subnets
   {', '.join(SUBNETS)} and 2 {INSTANCE_TYPE} instances. Each instance is a network namespace;
   each ENI attached to it is a link carrying the ENI's MAC, plugged into a namespace that
-  plays the VPC router, whose routes follow the emulated cloud. An underlay agent runs in
-  each node; pods are created by libcni (the library container runtimes use) calling the
-  underlay CNI plugin, which asks the node's agent for an address from its warm pool.
+  plays the VPC router, whose routes follow the emulated cloud. An underlay agent and a
+  containerd run in each node; pods are created as the kubelet creates them (RunPodSandbox
+  over the CRI), and containerd runs the underlay CNI plugin, which asks the node's agent
+  for an address from its warm pool.
 """
 
 OUTRO_ADDRESSES = """\
@@ -61,9 +65,8 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def ping_line(cluster: Cluster, source: Pod, target: Pod) -> tuple[bool, str]:
-    proc = cluster.exec_in(source, ["busybox", "ping", "-c", "2", "-W", "2", target.ip],
-                           check=False)
+def ping_line(source: RuntimePod, target: RuntimePod) -> tuple[bool, str]:
+    proc = source.exec(["busybox", "ping", "-c", "2", "-W", "2", target.ip])
     rtt = _RTT.search(proc.stdout)
     received = re.search(r"(\d+) packets received", proc.stdout)
     got = received.group(1) if received else "0"
@@ -72,7 +75,7 @@ def ping_line(cluster: Cluster, source: Pod, target: Pod) -> tuple[bool, str]:
                                   f"{target.name} {target.ip:<12} ({target.node.name}): {detail}")
 
 
-def show_pods(cluster: Cluster, pods: Sequence[Pod]) -> None:
+def show_pods(cluster: Cluster, pods: Sequence[RuntimePod]) -> None:
     say("Pods (address, node, ENI that holds the address, its link on the node):")
     for pod in pods:
         _, listed = cluster.agent_get(pod.node, "/v1/pods")
@@ -83,7 +86,7 @@ def show_pods(cluster: Cluster, pods: Sequence[Pod]) -> None:
     say()
 
 
-def show_router_routes(cluster: Cluster, pods: Sequence[Pod]) -> None:
+def show_router_routes(cluster: Cluster, pods: Sequence[RuntimePod]) -> None:
     assert cluster.fabric is not None
     links = {}
     for node in cluster.nodes:
@@ -119,27 +122,26 @@ def pick_unassigned(cluster: Cluster, subnet_id: str) -> str:
                 if str(ipaddress.IPv4Address(a)) not in used)
 
 
-def show_source_check(cluster: Cluster, pod: Pod, target: Pod) -> bool:
+def show_source_check(cluster: Cluster, pod: RuntimePod, target: RuntimePod) -> bool:
     """Give ``pod`` an address the cloud never assigned and ping: the VPC router drops it.
     True when it was dropped; the pod gets its own address back either way."""
     forged = pick_unassigned(cluster, pod.node.subnet_id)
     say(f"Source/destination check: {pod.name} takes {forged} (never assigned by the cloud) "
         f"instead of {pod.ip}:")
     try:
-        cluster.exec_in(pod, ["ip", "addr", "add", f"{forged}/32", "dev", pod.ifname])
-        cluster.exec_in(pod, ["ip", "addr", "del", f"{pod.ip}/32", "dev", pod.ifname])
-        proc = cluster.exec_in(pod, ["busybox", "ping", "-c", "1", "-W", "1", target.ip],
-                               check=False)
+        for cmd in (["ip", "addr", "add", f"{forged}/32", "dev", "eth0"],
+                    ["ip", "addr", "del", f"{pod.ip}/32", "dev", "eth0"]):
+            if pod.exec(cmd).returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} in {pod.name} failed")
+        proc = pod.exec(["busybox", "ping", "-c", "1", "-W", "1", target.ip])
     finally:
-        cluster.exec_in(pod, ["ip", "addr", "add", f"{pod.ip}/32", "dev", pod.ifname],
-                        check=False)
-        cluster.exec_in(pod, ["ip", "addr", "del", f"{forged}/32", "dev", pod.ifname],
-                        check=False)
+        pod.exec(["ip", "addr", "add", f"{pod.ip}/32", "dev", "eth0"])
+        pod.exec(["ip", "addr", "del", f"{forged}/32", "dev", "eth0"])
     dropped = proc.returncode != 0
     verdict = ("no reply (the VPC router drops sources their ENI does not own)" if dropped
                else "REPLY (the check is not enforced)")
     say(f"  {pod.name} {forged} -> {target.name} {target.ip}: {verdict}")
-    ok, line = ping_line(cluster, pod, target)
+    ok, line = ping_line(pod, target)
     say(f"  with its own address again:\n{line}\n")
     return dropped and ok
 
@@ -148,15 +150,19 @@ def run_demo(pods_per_node: int, prefix: str) -> int:
     say(INTRO)
     started = time.monotonic()
     with Cluster(nodes=2, instance_type=INSTANCE_TYPE, vpc_cidr=VPC_CIDR,
-                 subnet_cidrs=SUBNETS, prefix=prefix) as cluster:
+                 subnet_cidrs=SUBNETS, prefix=prefix) as cluster, \
+            node_runtimes(cluster) as runtimes:
         for node in cluster.nodes:
             say(f"node {node.name}: instance {node.instance_id}, primary IP "
                 f"{node.primary_ip}, namespace {node.netns}")
-        for node in cluster.nodes:
-            cluster.run_agent(node, AGENT)
-        say(f"agents ready on both nodes ({time.monotonic() - started:.1f}s)\n")
-        pods = [cluster.add_pod(node, f"{'ab'[node.index]}{i}")
-                for node in cluster.nodes for i in range(pods_per_node)]
+        for runtime in runtimes:
+            cluster.run_agent(runtime.node, AGENT)
+            install_underlay(runtime, runtime.node.socket_path, portmap=False, bandwidth=False)
+            wait_network_ready(runtime)
+        say(f"agents ready and containerd's network ready on both nodes "
+            f"({time.monotonic() - started:.1f}s)\n")
+        pods = [run_pod(runtime, f"{'ab'[runtime.node.index]}{i}")
+                for runtime in runtimes for i in range(pods_per_node)]
         show_pods(cluster, pods)
         show_router_routes(cluster, pods)
         say("Pings between pods on different nodes (busybox ping -c 2 inside the pod):")
@@ -165,7 +171,7 @@ def run_demo(pods_per_node: int, prefix: str) -> int:
         failures = 0
         for a, b in zip(left, right):
             for source, target in ((a, b), (b, a)):
-                ok, line = ping_line(cluster, source, target)
+                ok, line = ping_line(source, target)
                 failures += not ok
                 say(line + ("" if ok else "  FAILED"))
         say()
@@ -175,9 +181,10 @@ def run_demo(pods_per_node: int, prefix: str) -> int:
             say(format_pool(fetch_pool(None, node.socket_path)))
             say()
         say(OUTRO_ADDRESSES + (OUTRO_SECOND_ENI if pods_per_node >= 4 else "") + OUTRO_PATH)
-        say("Cleaning up: pods (libcni DEL), agents, namespaces ...")
+        say("Cleaning up: pods (StopPodSandbox, RemovePodSandbox), containerd, agents, "
+            "namespaces ...")
         for pod in pods:
-            cluster.del_pod(pod)
+            remove_pod(runtimes[pod.node.index], pod)
     left = list_leftovers(prefix)
     if left:
         say(f"left behind (remove with `make clean-net`): {', '.join(left)}")

@@ -254,3 +254,15 @@ def test_the_reaper_deletes_what_a_killed_agent_left_in_its_group(vpc):
     finally:
         reaper.stop()
     assert node_view(vpc) == before
+
+
+def test_a_netns_path_that_is_no_namespace_is_named(vpc, tmp_path):
+    """What an agent sees of a runtime's netns mount that did not propagate to it: an empty
+    file at the path. The error says so (the kernel alone would answer EINVAL)."""
+    empty = tmp_path / "cni-0000"
+    empty.write_bytes(b"")
+    before = node_view(vpc)
+    spec = dataclasses.replace(vpc.pod_spec(vpc.add_pod_netns(), IP_A, 0), netns=str(empty))
+    with pytest.raises(DatapathError, match="is not a network namespace as the agent sees it"):
+        vpc.in_node(setup_pod, spec)
+    assert node_view(vpc) == before

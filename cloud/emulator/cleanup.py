@@ -8,9 +8,12 @@ namespace it is about to create, and every process it starts. All names it creat
 with ``<prefix>-``; its files (sockets, state, logs) live under
 ``/run/underlay-harness/<prefix>/``.
 
-Cleaning a run kills the recorded processes and every process still inside one of the
-run's namespaces, then deletes the namespaces (which takes their links, routes, rules and
-iptables chains with them: nothing of a run ever lives in the root namespace). Without
+Cleaning a run kills the recorded processes, every process still inside one of the run's
+namespaces and every process in the run's cgroups (``/<prefix>-pods``, where a lab
+container runtime puts its sandboxes), then deletes the namespaces (which takes their
+links, routes, rules and iptables chains with them: nothing of a run ever lives in the root
+namespace), unmounts whatever is mounted under the run's directory (a runtime's sandbox
+namespaces and root filesystems) and removes those cgroups and the directory. Without
 arguments the command cleans only *stale* runs, whose owner is gone, so it is safe to run
 while other runs are alive; ``--prefix P`` cleans that one run whatever its owner's state.
 """
@@ -34,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 STATE_DIR = Path("/run/underlay-harness")
 NETNS_DIR = Path("/run/netns")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# where containerd 1.6 puts shim sockets whatever its config: left empty by a killed lab
+# runtime's shims, removed only when empty (a containerd of the machine's keeps it busy)
+SHIM_SOCKET_DIRS = (Path("/run/containerd/s"), Path("/run/containerd"))
 PREFIX_HEAD = "ul"
 _COMMAND_TIMEOUT = 10.0
 _TERM_GRACE = 2.0
@@ -193,6 +200,63 @@ def delete_netns(name: str) -> bool:
     return result.returncode == 0
 
 
+def run_cgroups(prefix: str) -> list[Path]:
+    """The run's cgroup directories, in every hierarchy (v1) or the unified one (v2)."""
+    found = []
+    for base in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []:
+        candidate = base / f"{prefix}-pods"
+        if candidate.is_dir():
+            found.append(candidate)
+    return found
+
+
+def kill_cgroup_processes(prefix: str) -> list[int]:
+    """SIGKILL every process in the run's cgroups (sandboxes whose runtime is gone)."""
+    pids: set[int] = set()
+    for top in run_cgroups(prefix):
+        for procs in top.rglob("cgroup.procs"):
+            try:
+                pids |= {int(word) for word in procs.read_text().split()}
+            except OSError:
+                continue
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(pids)
+
+
+def unmount_under(directory: Path) -> list[str]:
+    """Unmount (lazily, deepest first) every mount point below ``directory``."""
+    root = str(directory.resolve()) + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = sorted({line.split()[4].replace("\\040", " ") for line in lines
+                     if line.split()[4].startswith(root)}, key=len, reverse=True)
+    for point in points:
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=_COMMAND_TIMEOUT,
+                       check=False)
+    return points
+
+
+def remove_cgroups(prefix: str) -> None:
+    """rmdir the run's cgroup trees, leaves first (a cgroup's files cannot be deleted)."""
+    for top in run_cgroups(prefix):
+        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                           reverse=True) + [top]:
+            for _ in range(20):  # a killed process leaves its cgroup a moment later
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
 def clean_run(prefix: str, record: dict | None = None) -> CleanupReport:
     """Remove every process and namespace of run ``prefix``; idempotent."""
     validate_prefix(prefix)
@@ -207,8 +271,16 @@ def clean_run(prefix: str, record: dict | None = None) -> CleanupReport:
             if start is not None:
                 processes.append(ProcessId(pid, start))
     killed = stop_processes(list(dict.fromkeys(processes)))
+    killed += kill_cgroup_processes(prefix)
     removed = [name for name in names if delete_netns(name)]
+    unmount_under(STATE_DIR / prefix)
+    remove_cgroups(prefix)
     shutil.rmtree(STATE_DIR / prefix, ignore_errors=True)  # the run's work directory
+    for directory in SHIM_SOCKET_DIRS:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not there, or in use
     (STATE_DIR / f"{prefix}.json").unlink(missing_ok=True)
     if killed or removed:
         logger.info("run %s: killed %s, removed namespaces %s", prefix, killed, removed)

@@ -233,7 +233,11 @@ class Cluster:
     def run_agent(self, node_ref: int | str | Node,
                   config_overrides: Mapping[str, Any] | None = None, *,
                   wait_ready: bool = True, timeout: float = 30.0) -> Agent:
-        """Start ``python -m ipam_daemon.main --config FILE`` inside the node's namespace."""
+        """Start ``python -m ipam_daemon.main --config FILE`` inside the node's network
+        namespace. ``nsenter --net``, not ``ip netns exec``: the agent stays in the
+        machine's mount namespace, as a DaemonSet pod with the host's /var/run/netns
+        mounted sees the runtime's pod namespaces (a lab containerd mounts them under its
+        state directory, which a private mount namespace made before would not see)."""
         node = self.node(node_ref)
         if node.name in self.agents and self.agents[node.name].process.poll() is None:
             raise HarnessError(f"an agent already runs on {node.name}")
@@ -246,11 +250,11 @@ class Cluster:
         env.update(AGENT_CREDENTIALS)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                ["ip", "netns", "exec", node.netns, PYTHON, "-m", "ipam_daemon.main",
-                 "--config", str(config_path)],
+                ["nsenter", f"--net={cleanup.NETNS_DIR / node.netns}", PYTHON, "-m",
+                 "ipam_daemon.main", "--config", str(config_path)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
                 cwd=str(node.workdir))
-        self.record.add_process(process.pid)  # `ip netns exec` execs: the pid is the agent's
+        self.record.add_process(process.pid)  # nsenter execs: the pid is the agent's
         agent = Agent(node, config, process, log_path)
         self.agents[node.name] = agent
         if wait_ready:

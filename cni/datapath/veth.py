@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import queue
@@ -67,13 +68,30 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type (Linux 4.11)
+CLONE_NEWNET = 0x40000000
+
+
 def _open_netns_fd(path: str) -> int:
+    """An fd of the network namespace at ``path``. A path that exists but is no namespace is
+    what an agent sees of a runtime's netns mount that did not propagate to it (the empty
+    mount point): named as such, not as the kernel's bare EINVAL."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NetnsMissing(f"network namespace {path} does not exist") from None
     except OSError as exc:
         raise DatapathError(f"cannot open network namespace {path}: {exc.strerror}") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise DatapathError(f"{path} is not a network namespace as the agent sees it (an "
+                            "empty mount point: mount the runtime's netns directory into the "
+                            "agent with HostToContainer propagation)")
+    return fd
 
 
 class LinkReaper:
