@@ -158,8 +158,10 @@ def static_vpc(n_enis: int = 2) -> Iterator[Vpc]:
         assert not leftovers, f"could not remove namespaces: {leftovers}"
 
 
-def ping(ns: str, ip: str) -> bool:
-    done = sh("ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", ip,
+def ping(ns: str, ip: str, interface: str | None = None) -> bool:
+    """One ping from namespace ``ns`` (out of ``interface``, when given)."""
+    via = ["-I", interface] if interface else []
+    done = sh("ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", *via, ip,
               check=False)
     return done.returncode == 0
 
@@ -172,10 +174,12 @@ class Probe:
 
 
 def udp_probe(src_ns: str, dst_ns: str, dst_ip: str, port: int = 40123,
-              send_to: str | None = None) -> Probe | None:
+              send_to: str | None = None, source: str | None = None,
+              interface: str | None = None) -> Probe | None:
     """Send one UDP datagram from src_ns to dst_ip (served in dst_ns) and answer it.
 
-    ``send_to`` addresses the datagram elsewhere (a Service IP DNATed to dst_ip).
+    ``send_to`` addresses the datagram elsewhere (a Service IP DNATed to dst_ip);
+    ``source`` and ``interface`` bind the sender to that address and device.
     Returns what the receiver saw, or None when nothing arrived.
     """
     ready, result = threading.Event(), {}
@@ -198,6 +202,10 @@ def udp_probe(src_ns: str, dst_ns: str, dst_ip: str, port: int = 40123,
 
     def send() -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            if interface:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+            if source:
+                s.bind((source, 0))
             s.settimeout(3)
             s.sendto(b"ping", (send_to or dst_ip, port))
             try:

@@ -122,15 +122,46 @@ def test_teardown_with_the_netns_already_deleted(vpc):
 
 
 def test_stale_teardown_of_an_old_sandbox_does_not_cut_the_new_one(vpc):
+    """A pod's new sandbox is wired before the old sandbox's DEL arrives: host ends are
+    named per attachment, so the two never meet and the late DEL removes only its own."""
     old_ns, old = wire(vpc, IP_A, 0, name="web-0")
     new_ns = vpc.add_pod_netns()
     new = vpc.pod_spec(new_ns, IP_C, 0, name="web-0")  # same pod, new sandbox and IP
-    assert new.host_ifname == old.host_ifname
-    vpc.in_node(setup_pod, new)  # replaces the stale veth of the old sandbox
+    assert new.host_ifname != old.host_ifname
+    vpc.in_node(setup_pod, new)
+    assert vpc.in_node(check_pod, old) == []  # the old sandbox is untouched meanwhile
     vpc.in_node(teardown_pod, old)  # the late DEL of the old sandbox
     assert vpc.in_node(check_pod, new) == []
     assert IP_A not in sh("ip", "-n", vpc.node, "rule", "show").stdout
     assert pod_links(old_ns) == ["lo"]
+    assert ping(new_ns, PRIMARY_IP)
+
+
+def test_a_second_attachment_works_beside_the_first(vpc):
+    """ADD eth0, then ADD net1 for the same container and netns (a second network, as
+    Multus adds one): each has a host end of its own, its own address and rules; eth0's
+    routes stay the pod's main ones and net1's sit beside them at a higher metric; packets
+    flow through both; tearing one down leaves the other intact."""
+    pod_ns, first = wire(vpc, IP_A, 0)
+    second = dataclasses.replace(first, ifname="net1", pod_ip=IP_B, eni=vpc.enis[1])
+    vpc.in_node(setup_pod, second)
+    vpc.route_pod_ip(IP_B, 1)
+    assert first.host_ifname != second.host_ifname
+    assert sorted(pod_links(pod_ns)) == ["eth0", "lo", "net1"]
+    assert vpc.in_node(check_pod, first) == [] and vpc.in_node(check_pod, second) == []
+    routes = sh("ip", "-n", pod_ns, "route", "show").stdout
+    assert re.search(r"^default via 169\.254\.1\.1 dev eth0 proto static\s*$", routes, re.M)
+    assert re.search(r"^default via 169\.254\.1\.1 dev net1 proto static metric \d+", routes,
+                     re.M), routes
+    assert ping(vpc.node, IP_A) and ping(vpc.node, IP_B)  # into each interface
+    assert ping(pod_ns, PRIMARY_IP, interface="eth0") and \
+        ping(pod_ns, PRIMARY_IP, interface="net1")  # out of each
+    seen = udp_probe(pod_ns, vpc.router, VPC_HOST, source=IP_B, interface="net1")
+    assert (seen.seen_source, seen.arrived_on, seen.reply_received) == (IP_B, "r1", True)
+    vpc.in_node(teardown_pod, second)
+    assert sorted(pod_links(pod_ns)) == ["eth0", "lo"]
+    assert vpc.in_node(check_pod, first) == []
+    assert ping(pod_ns, PRIMARY_IP)
 
 
 def test_check_names_what_was_removed_by_hand(vpc):

@@ -10,6 +10,7 @@ removes every namespace, link, rule, iptables chain and process it made.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -389,3 +390,41 @@ def test_chain_with_portmap_and_bandwidth_maps_a_port_and_del_removes_their_rule
               for kind, lines in after.items()}
     assert traces == {kind: [] for kind in after}, traces
     assert ip not in json.dumps(pods_of(cluster, node0))
+
+
+def test_a_second_attachment_of_a_pod_works_beside_the_first(cluster: Cluster,
+                                                             pods: list[Pod]) -> None:
+    """As a runtime with the kubelet's CNI_ARGS would: ADD eth0, then ADD net1 for the same
+    container and netns. Both get an address, a host veth and rules of their own; packets
+    go in and out of each; DEL of net1 leaves eth0 intact."""
+    node1 = cluster.nodes[1]
+    wait_pool_warm(cluster, node1)
+    first = cluster.add_pod(node1, "multi")
+    pods.append(first)
+    second = dataclasses.replace(first, ifname="net1")
+    add = libcni(cluster, second, "add")
+    assert add.returncode == 0, add.stdout + add.stderr
+    second = dataclasses.replace(second, ip=json.loads(add.stdout)["ips"][0]["address"]
+                                 .split("/")[0])
+    held = {(p["container_id"], p["ifname"]): p["ip"] for p in
+            cluster.agent_get(node1, "/v1/pods")[1] if p["container_id"] == first.container_id}
+    assert held == {(first.container_id, "eth0"): first.ip,
+                    (first.container_id, "net1"): second.ip}
+    links = [line.split(":")[1].strip().split("@")[0] for line in
+             cluster.exec_in(first, ["ip", "-o", "link"]).stdout.splitlines()]
+    assert sorted(links) == ["eth0", "lo", "net1"]
+    hosts = {pod.ifname: json.loads(out)["interfaces"][0]["name"] for pod, out in
+             ((first, json.dumps(first.result)), (second, add.stdout))}
+    assert hosts["eth0"] != hosts["net1"]
+    assert len(rules_for(cluster, node1, first.ip)) == 2
+    assert len(rules_for(cluster, node1, second.ip)) == 2
+    for pod in (first, second):
+        assert reachable(cluster, node1, pod.ip)  # into each interface
+        assert cluster.exec_in(first, ["busybox", "ping", "-c", "1", "-W", "2", "-I",
+                                       pod.ifname, node1.primary_ip],
+                               check=False).returncode == 0  # out of each
+        assert libcni(cluster, pod, "check").returncode == 0
+    assert libcni(cluster, second, "del").returncode == 0
+    assert libcni(cluster, first, "check").returncode == 0
+    assert reachable(cluster, first, node1.primary_ip)
+    assert second.ip not in json.dumps(pods_of(cluster, node1))

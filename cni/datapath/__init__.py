@@ -32,6 +32,10 @@ class NetnsMissing(DatapathError):
 
 
 LINK_LOCAL_GW = "169.254.1.1"
+# The interface the kubelet asks for: its routes are the pod's main ones (metric 0). Other
+# attachments of the same pod (net1, ...) get theirs at a higher metric, beside it.
+PRIMARY_IFNAME = "eth0"
+SECONDARY_METRIC_BASE = 100
 RULE_PRIO_TO_POD = 512
 RULE_PRIO_FROM_POD = 1536
 HOST_VETH_PREFIX = "ulay"
@@ -70,12 +74,18 @@ class PodSpec:
 
     @property
     def host_ifname(self) -> str:
-        """4-char prefix + 11 hex chars of sha1 of the pod (or the attachment): 15 chars."""
-        if self.pod_namespace and self.pod_name:
-            key = f"{self.pod_namespace}.{self.pod_name}"
-        else:
-            key = f"{self.container_id}.{self.ifname}"
+        """4-char prefix + 11 hex chars of sha1 of the attachment (container id and
+        interface): 15 chars. Per attachment, not per pod: a pod's second interface gets a
+        host end of its own, and a new sandbox of the same pod never meets the old one's."""
+        key = f"{self.container_id}.{self.ifname}"
         return HOST_VETH_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:11]
+
+    def route_metric(self, pod_ifindex: int) -> int:
+        """The metric of the pod's routes through this interface: 0 for the primary one,
+        above it (and distinct per interface) for the others."""
+        if self.ifname == PRIMARY_IFNAME:
+            return 0
+        return SECONDARY_METRIC_BASE + pod_ifindex
 
 
 @dataclass(frozen=True)

@@ -169,9 +169,10 @@ def _wire_pod_side(ns: Any, pod: PodSpec, index: int, address: ipaddress.IPv4Int
     mac = ns.get_links(index)[0].get_attr("IFLA_ADDRESS")
     ns.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
     ns.link("set", index=index, state="up")
-    ns.route("add", dst=f"{node_ip}/32", oif=index, scope=SCOPE_LINK)
+    metric = pod.route_metric(index)  # a second attachment's routes go beside the first's
+    ns.route("add", dst=f"{node_ip}/32", oif=index, scope=SCOPE_LINK, priority=metric)
     ns.neigh("replace", dst=node_ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
-    ns.route("add", dst="0.0.0.0/0", gateway=pod.eni.gateway, oif=index)
+    ns.route("add", dst="0.0.0.0/0", gateway=pod.eni.gateway, oif=index, priority=metric)
     return mac
 
 

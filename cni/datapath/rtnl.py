@@ -45,7 +45,7 @@ IFLA_GROUP = 27
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RTPROT_STATIC, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 4, 0, 253, 1
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_PERMANENT = 0x80
@@ -163,7 +163,7 @@ def addr_add_msg(index: int, address: str, prefixlen: int) -> tuple[int, bytes]:
 
 def route_msg(command: int, dst: str, dst_len: int, *, oif: int | None = None,
               gateway: str | None = None, scope: int = RT_SCOPE_UNIVERSE,
-              table: int = MAIN_TABLE) -> tuple[int, bytes]:
+              table: int = MAIN_TABLE, metric: int = 0) -> tuple[int, bytes]:
     """RTM_NEWROUTE (create, exclusive) or RTM_DELROUTE of an IPv4 route."""
     body = struct.pack("=BBBBBBBBI", socket.AF_INET, dst_len, 0, 0,
                        table if table < 256 else 0, RTPROT_STATIC, scope, RTN_UNICAST, 0)
@@ -172,6 +172,8 @@ def route_msg(command: int, dst: str, dst_len: int, *, oif: int | None = None,
         body += _attr(RTA_OIF, struct.pack("=i", oif))
     if gateway is not None:
         body += _attr(RTA_GATEWAY, _ipv4(gateway))
+    if metric:
+        body += _attr(RTA_PRIORITY, struct.pack("=I", metric))
     flags = NLM_F_CREATE | NLM_F_EXCL if command == RTM_NEWROUTE else 0
     return _message(command, flags, body)
 

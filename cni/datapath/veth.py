@@ -186,6 +186,7 @@ def _create_veth(host: RtnlSocket, pod: PodSpec, host_mac: str, pod_mac: str,
 
 
 def _wire_pod_side(pod: PodSpec, index: int, host_mac: str) -> None:
+    metric = pod.route_metric(index)  # a second attachment's routes go beside the first's
     with entered_netns(pod.netns):
         nl = RtnlSocket()  # bound in the pod's namespace
     with nl:
@@ -193,10 +194,12 @@ def _wire_pod_side(pod: PodSpec, index: int, host_mac: str) -> None:
             Request(link_set_msg(index, up=True), f"bringing up pod {pod.ifname}"),
             Request(addr_add_msg(index, pod.pod_ip, 32),
                     f"adding {pod.pod_ip}/32 to pod {pod.ifname}"),
-            Request(route_msg(RTM_NEWROUTE, LINK_LOCAL_GW, 32, oif=index, scope=RT_SCOPE_LINK),
+            Request(route_msg(RTM_NEWROUTE, LINK_LOCAL_GW, 32, oif=index, scope=RT_SCOPE_LINK,
+                              metric=metric),
                     f"adding route {LINK_LOCAL_GW} dev {pod.ifname} scope link in pod"),
-            Request(route_msg(RTM_NEWROUTE, "0.0.0.0", 0, oif=index, gateway=LINK_LOCAL_GW),
-                    f"adding default via {LINK_LOCAL_GW} in pod"),
+            Request(route_msg(RTM_NEWROUTE, "0.0.0.0", 0, oif=index, gateway=LINK_LOCAL_GW,
+                              metric=metric),
+                    f"adding default via {LINK_LOCAL_GW} dev {pod.ifname} in pod"),
             Request(neigh_msg(index, LINK_LOCAL_GW, host_mac),
                     f"adding neighbour {LINK_LOCAL_GW} -> {host_mac} in pod"),
         ])
