@@ -50,7 +50,7 @@ def cmd_add(req: Request, agent: AgentCall) -> dict[str, Any]:
     require_netns(req)
     body = {"api": API_VERSION, "cni_version": req.cni_version, "network": req.network,
             "container_id": req.container_id, "ifname": req.ifname, "netns": req.netns,
-            "mode": req.mode, **_pod_fields(req, ("pod_namespace", "pod_name", "pod_uid"))}
+            **_pod_fields(req, ("pod_namespace", "pod_name", "pod_uid"))}
     if req.mtu is not None:
         body["mtu"] = req.mtu
     reply = ask_agent(agent, "POST", "/v1/attach", body)

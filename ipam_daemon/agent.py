@@ -19,6 +19,8 @@ from typing import Any
 from cloud import errors as ce
 from cloud.api import Cloud
 from cni.datapath import SnatConfig
+from cni.datapath.base import Datapath
+from cni.datapath.registry import build_datapath
 
 from ipam_daemon.api import UnixHTTPServer
 from ipam_daemon.config import AgentConfig
@@ -28,7 +30,6 @@ from ipam_daemon.reconcile import Node, discover_node
 from ipam_daemon.service import Service
 from ipam_daemon.status import StatusServer
 from ipam_daemon.store import Store
-from ipam_daemon.wiring import Wiring, build_wiring
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,13 @@ def build_cloud(config: AgentConfig, metrics: Metrics) -> Cloud:
 
 class Agent:
     def __init__(self, config: AgentConfig, *, cloud: Cloud | None = None,
-                 wiring: Wiring | None = None,
+                 datapath: Datapath | None = None,
                  node_resolver: Callable[[Cloud, AgentConfig], Node] = discover_node,
                  observer: Any = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.cloud = cloud if cloud is not None else build_cloud(config, self.metrics)
-        self.wiring = wiring if wiring is not None else build_wiring(config.datapath)
+        self.datapath = datapath if datapath is not None else build_datapath(config.datapath)
         self._node_resolver = node_resolver
         self.observer = observer
         self._cordoned = False
@@ -87,14 +88,14 @@ class Agent:
             self.pool = RoutePool(self.config, self.cloud, self.store, node,
                                   metrics=self.metrics, stop=self.stopping)
         else:
-            self.pool = Pool(self.config, self.cloud, self.store, node, wiring=self.wiring,
+            self.pool = Pool(self.config, self.cloud, self.store, node, datapath=self.datapath,
                              metrics=self.metrics, stop=self.stopping)
         self.pool.set_cordoned(self._cordoned)
-        self.service = Service(self.config, self.store, self.pool, self.wiring, self.metrics)
+        self.service = Service(self.config, self.store, self.pool, self.datapath, self.metrics)
         self.metrics.watch_pool(self.service.pool_summary)
         if self.observer is not None:
             self.observer.bind(self)
-        self.wiring.prepare_host(self._snat_config(node))
+        self.datapath.prepare_host(self._snat_config(node))
         self.socket = UnixHTTPServer(self.config.socket_path, self.service)
         self.socket.start()
         self.pool.reconcile_until_done()
@@ -173,7 +174,7 @@ class Agent:
             self.pool.stop()
         if self.status is not None:
             self.status.stop()
-        self.wiring.shutdown()
+        self.datapath.shutdown()
         if self.store is not None:
             self.store.close()
         logger.info("agent stopped")

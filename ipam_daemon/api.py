@@ -99,7 +99,9 @@ def parse_attach(body: dict) -> AttachCall:
     pod = PodInfo(_string(body, "pod_namespace", required=False),
                   _string(body, "pod_name", required=False),
                   _string(body, "pod_uid", required=False), _string(body, "netns"))
-    return AttachCall(version, _key(body), pod.netns, _string(body, "mode"), pod, mtu)
+    # "mode" is what release 0.1.0's executable sends; the agent's datapath setting decides
+    return AttachCall(version, _key(body), pod.netns, _string(body, "mode", required=False),
+                      pod, mtu)
 
 
 def parse_detach(body: dict) -> DetachCall:

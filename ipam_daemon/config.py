@@ -50,10 +50,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cni.datapath.registry import datapath_names
+
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "UNDERLAY_"
-DATAPATHS = ("veth", "ipvlan", "none")
 MODES = ("eni", "vpc-route")
 KUBE_SOURCES = ("off", "in-cluster", "kubeconfig", "host")
 
@@ -227,7 +228,8 @@ def validate_config(c: AgentConfig) -> None:
         _require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0 seconds")
     for key in ("pool_interval", "reconcile_interval", "cloud_timeout"):
         _require(getattr(c, key) > 0, key, getattr(c, key), "must be > 0 seconds")
-    _require(c.datapath in DATAPATHS, "datapath", c.datapath, f"must be one of {DATAPATHS}")
+    _require(c.datapath in datapath_names(), "datapath", c.datapath,
+             f"must be one of {datapath_names()}")
     _require(576 <= c.mtu <= 9001, "mtu", c.mtu, "must be between 576 and 9001")
     _require(0 <= c.status_port <= 65535, "status_port", c.status_port, "not a port number")
     _require(c.status_address in ("127.0.0.1", "::1", "localhost"), "status_address",

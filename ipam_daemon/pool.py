@@ -36,7 +36,7 @@ from ipam_daemon.reconcile import (
     Node, SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
 )
 from ipam_daemon.store import Store
-from ipam_daemon.wiring import Wiring
+from cni.datapath.base import Datapath
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +68,13 @@ def reconcile_at_startup(reconcile: Callable[[], None], stop: threading.Event,
 
 class Pool:
     def __init__(self, config: AgentConfig, cloud: Cloud, store: Store, node: Node, *,
-                 wiring: Wiring, metrics: Metrics | None = None, clock=time.time,
+                 datapath: Datapath, metrics: Metrics | None = None, clock=time.time,
                  monotonic=time.monotonic, stop: threading.Event | None = None) -> None:
         self.config = config
         self.cloud = cloud
         self.store = store
         self.node = node
-        self.wiring = wiring
+        self.datapath = datapath
         self.metrics = metrics
         self.subnets = SubnetCache(cloud)
         self.targets = Targets(config.warm_ips, config.min_ips, config.max_ips,
@@ -162,7 +162,7 @@ class Pool:
             self.reconciled.set()
 
     def reconcile(self) -> None:
-        report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.wiring,
+        report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.datapath,
                                 self.config.mtu, clock=self._clock)
         self._next_reconcile = self._monotonic() + self.config.reconcile_interval
         logger.info("reconciled: %d ENIs, %d addresses, adopted %s, lost %s", report.enis,
@@ -302,7 +302,7 @@ class Pool:
                             self.node.name)
         known = {e.id: e for e in self.store.enis()}
         record = eni_record(eni, self.node, self.subnets, known, self._clock())
-        self.wiring.ensure_eni(eni_link(record, self.config.mtu))
+        self.datapath.ensure_eni(eni_link(record, self.config.mtu))
         self.store.add_eni(record, eni.secondary_ips)
         logger.info("pool: ENI %s attached at device %d with %d addresses", eni.id,
                     record.device_index, len(eni.secondary_ips))

@@ -20,7 +20,7 @@ from cni.datapath import EniLink
 
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.store import EniRecord, Store
-from ipam_daemon.wiring import Wiring
+from cni.datapath.base import Datapath
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def eni_link(record: EniRecord, mtu: int) -> EniLink:
 
 
 def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
-                   wiring: Wiring, mtu: int, *, clock=time.time) -> ReconcileReport:
+                   datapath: Datapath, mtu: int, *, clock=time.time) -> ReconcileReport:
     """Make the store hold exactly what the cloud says our attached ENIs hold."""
     known = {e.id: e for e in store.enis()}
     attached = [e for e in cloud.list_enis(node.instance.id) if is_ours(e, node)]
@@ -121,7 +121,7 @@ def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
                      allocation.key.container_id, allocation.eni_id)
     adopted = tuple(r.id for r, _ in view if r.id not in known)
     for record, _ in view:
-        wiring.ensure_eni(eni_link(record, mtu))
+        datapath.ensure_eni(eni_link(record, mtu))
     if adopted:
         logger.info("reconcile: adopted ENIs %s", ", ".join(adopted))
     return ReconcileReport(len(view), sum(len(ips) for _, ips in view), adopted,

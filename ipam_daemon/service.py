@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cni.datapath import DatapathError, Mode, PodSpec
+from cni.datapath import DatapathError, PodSpec
+from cni.datapath.base import Datapath, ResultShape
 from cni.spec import Code, CniError
 
 from ipam_daemon.config import AgentConfig
@@ -24,7 +25,6 @@ from ipam_daemon.metrics import Metrics
 from ipam_daemon.pool import Pool
 from ipam_daemon.reconcile import eni_link
 from ipam_daemon.store import Allocation, AllocationKey, PodInfo, Store
-from ipam_daemon.wiring import Wiring
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,12 @@ class CheckCall:
 
 
 class Service:
-    def __init__(self, config: AgentConfig, store: Store, pool: Pool, wiring: Wiring,
+    def __init__(self, config: AgentConfig, store: Store, pool: Pool, datapath: Datapath,
                  metrics: Metrics | None = None, *, monotonic=time.monotonic) -> None:
         self.config = config
         self.store = store
         self.pool = pool
-        self.wiring = wiring
+        self.datapath = datapath
         self.metrics = metrics
         self._monotonic = monotonic
         # (pod, CniError) -> None, called when an attach fails; the Kubernetes bridge turns
@@ -84,9 +84,6 @@ class Service:
         if not self.pool.reconciled.is_set():
             raise CniError(Code.TRY_AGAIN_LATER, "agent not ready: first reconcile with the"
                            " cloud pending; try again later")
-        if not self.config.ipam_only and call.mode != self.config.datapath:
-            raise CniError(Code.INVALID_CONFIG, f"mode {call.mode!r} requested but this agent"
-                           f" runs the {self.config.datapath} datapath")
         started = self._monotonic()
         stale = self.store.get_allocation(call.key)
         if stale is not None and stale.lost:  # its address is gone from the cloud: start over
@@ -105,7 +102,7 @@ class Service:
             if not self.config.ipam_only:
                 spec = self._pod_spec(allocation, call.netns, call.mtu)
                 try:
-                    wired = self.wiring.setup_pod(spec)
+                    wired = self.datapath.setup(spec)
                 except DatapathError as exc:
                     raise CniError(Code.DATAPATH_FAILURE, f"wiring pod {allocation.ip} failed:"
                                    f" {exc}") from None
@@ -162,30 +159,28 @@ class Service:
                            " is not in the store")
         link = eni_link(eni, self.config.mtu)
         return PodSpec(allocation.key.container_id, allocation.key.ifname, netns or
-                       allocation.pod.netns, allocation.ip, link, Mode(self.config.datapath),
-                       mtu or self.config.mtu, allocation.pod.namespace, allocation.pod.name,
+                       allocation.pod.netns, allocation.ip, link, mtu or self.config.mtu,
+                       allocation.pod.namespace, allocation.pod.name,
                        policy_routing=not self.config.vpc_route)
 
     def _result(self, call: AttachCall, allocation: Allocation, wired) -> dict:
-        ipvlan = self.config.datapath == "ipvlan"
-        prefix, gateway = 32, LINK_LOCAL_GW
+        """The CNI result, shaped by the datapath (prefix, gateway, host interface)."""
         eni = next((e for e in self.store.enis() if e.id == allocation.eni_id), None)
-        if ipvlan and eni is not None:
-            link = eni_link(eni, self.config.mtu)
-            prefix, gateway = int(link.subnet_cidr.split("/")[1]), link.gateway
+        shape = self.datapath.result_shape(eni_link(eni, self.config.mtu)) if eni else \
+            ResultShape(32, LINK_LOCAL_GW, False)
         interfaces: list[dict] = []
-        if wired is not None and not ipvlan:
+        if wired is not None and shape.host_interface:
             interfaces.append({"name": wired.host_ifname})
         pod_if: dict = {"name": call.key.ifname, "sandbox": call.netns}
         if wired is not None:
             pod_if["mac"] = wired.pod_mac
         interfaces.append(pod_if)
-        ip: dict = {"address": f"{allocation.ip}/{prefix}", "gateway": gateway,
+        ip: dict = {"address": f"{allocation.ip}/{shape.prefix_len}", "gateway": shape.gateway,
                     "interface": len(interfaces) - 1}
         if call.cni_version.startswith("0."):
             ip["version"] = "4"
         return {"cniVersion": call.cni_version, "interfaces": interfaces, "ips": [ip],
-                "routes": [{"dst": "0.0.0.0/0", "gw": gateway}], "dns": {}}
+                "routes": [{"dst": "0.0.0.0/0", "gw": shape.gateway}], "dns": {}}
 
     # ---- detach / check / gc ---------------------------------------------------------------
 
@@ -202,7 +197,7 @@ class Service:
         """Unwire (if asked and wired), then return the address to the pool, cooling."""
         if teardown and not self.config.ipam_only:
             try:
-                self.wiring.teardown_pod(self._pod_spec(allocation, netns, None))
+                self.datapath.teardown(self._pod_spec(allocation, netns, None))
             except DatapathError as exc:
                 raise CniError(Code.DATAPATH_FAILURE, f"unwiring {allocation.ip} of container"
                                f" {allocation.key.container_id} failed: {exc}") from None
@@ -262,7 +257,7 @@ class Service:
             raise CniError(Code.CHECK_FAILED, f"prevResult has {list(call.prev_ips)} but the"
                            f" agent holds {allocation.ip} for this container")
         if not self.config.ipam_only:
-            problems = self.wiring.check_pod(self._pod_spec(allocation, call.netns, None))
+            problems = self.datapath.check(self._pod_spec(allocation, call.netns, None))
             if problems:
                 raise CniError(Code.CHECK_FAILED, "; ".join(problems))
 

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from cni.datapath import DatapathError, NetnsMissing, ensure_eni, ensure_host_sysctls
+from cni.datapath import DatapathError, NetnsMissing
+from cni.datapath.eni import ensure_eni, ensure_host_sysctls
 from cni.datapath.netns import entered_netns, open_netns
 from datapath_fixtures import call_in_netns, netns_path, sh, static_vpc
 
@@ -114,14 +115,18 @@ def test_netns_helpers_never_create_and_always_switch_back():
         assert os.readlink("/proc/thread-self/ns/net") == root
 
 
-def test_importing_the_contract_does_not_load_pyroute2():
+def test_importing_the_types_and_the_registry_does_not_load_pyroute2():
+    """An IPAM-only agent (datapath none) never loads pyroute2; a kernel mode does."""
     import subprocess
     import sys
 
-    code = ("import sys, cni.datapath as d\n"
+    code = ("import sys, cni.datapath\n"
+            "from cni.datapath.registry import build_datapath, datapath_names\n"
+            "assert build_datapath('none').name == 'none'\n"
             "assert 'pyroute2' not in sys.modules, 'types alone pulled in pyroute2'\n"
-            "assert callable(d.setup_pod) and callable(d.ensure_snat)\n"
-            "assert d.setup_pod.__module__ == 'cni.datapath.pods'\n")
+            "assert datapath_names() == ('veth', 'ipvlan', 'none')\n"
+            "veth = build_datapath('veth')\n"
+            "assert veth.name == 'veth' and callable(veth.setup)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from cni.datapath import (DatapathError, SnatConfig, ensure_eni, ensure_host_sysctls,
-                          ensure_snat, remove_snat, setup_pod)
-from cni.datapath.snat import render_rules
+from cni.datapath import DatapathError, SnatConfig
+from cni.datapath.eni import ensure_eni, ensure_host_sysctls
+from cni.datapath.snat import ensure_snat, remove_snat, render_rules
+from cni.datapath.veth import setup_pod
 from datapath_fixtures import (OUTSIDE_IP, PRIMARY_IP, VPC_CIDR, VPC_HOST, kernel_state, sh,
                                static_vpc, udp_probe)
 

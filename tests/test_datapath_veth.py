@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from cni.datapath import (DatapathError, NetnsMissing, check_pod, ensure_eni,
-                          ensure_host_sysctls, setup_pod, teardown_pod)
-from cni.datapath.veth import REAP_GROUP, LinkReaper
+from cni.datapath import DatapathError, NetnsMissing
+from cni.datapath.eni import ensure_eni, ensure_host_sysctls
+from cni.datapath.veth import REAP_GROUP, LinkReaper, check_pod, setup_pod, teardown_pod
 from datapath_fixtures import (PRIMARY_IP, VPC_HOST, kernel_state, ping, sh, static_vpc,
                                udp_probe)
 

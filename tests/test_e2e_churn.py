@@ -154,7 +154,14 @@ def test_fifty_pods_churn_across_three_nodes() -> None:
         assert wait_until(settled, 60.0, step=0.5), [agent_pool(cluster, n)
                                                     for n in cluster.nodes]
         # every link, rule, route (all tables) and iptables rule pods and secondary ENIs
-        # added is gone again: each node is as it was before the first pod
+        # added is gone again: each node is as it was before the first pod (the pool stops
+        # counting an ENI when it starts giving it back; its link goes when the detach is
+        # done and the fabric has followed it)
+        def restored() -> bool:
+            return all(state_diff(before[n.name], node_state(cluster, n)) == {}
+                       for n in cluster.nodes)
+
+        wait_until(restored, 30.0, step=0.5)
         for node in cluster.nodes:
             assert state_diff(before[node.name], node_state(cluster, node)) == {}, node.name
         held = {ip: h for ip, h in cloud_holders(cluster).items()}

@@ -1,26 +1,13 @@
 """The pod datapath, run by the agent (never by the CNI executable): ENI links found by
 MAC, veth or ipvlan wiring of pods with policy routing, host sysctls and SNAT.
 
-Public contract used by ``ipam_daemon``:
-
-    ensure_eni(eni: EniLink) -> str                 find the link by MAC, set MTU, bring it up,
-                                                    own its route table; returns the link name
-    setup_pod(pod: PodSpec) -> WiredPod             wire one pod, all-or-nothing
-    teardown_pod(pod: PodSpec) -> None              idempotent; missing netns/link/rule is fine
-    check_pod(pod: PodSpec) -> list[str]            what is missing or wrong, [] when all good
-    ensure_host_sysctls() -> None
-    ensure_snat(cfg: SnatConfig) -> None / remove_snat() -> None
+This module holds the types; a mode is a ``cni.datapath.base.Datapath``, picked by name
+from ``cni.datapath.registry`` (veth, ipvlan, none). Importing the types loads no pyroute2.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from enum import Enum
-
-
-class Mode(str, Enum):
-    VETH = "veth"
-    IPVLAN = "ipvlan"
 
 
 class DatapathError(Exception):
@@ -64,7 +51,6 @@ class PodSpec:
     netns: str  # path, e.g. /var/run/netns/x or /proc/<pid>/ns/net
     pod_ip: str
     eni: EniLink
-    mode: Mode = Mode.VETH
     mtu: int = 9001
     pod_namespace: str = ""
     pod_name: str = ""
@@ -101,25 +87,3 @@ class SnatConfig:
     vpc_cidrs: tuple[str, ...]
     excluded_cidrs: tuple[str, ...] = ()
     enabled: bool = True
-
-
-# The contract functions, imported on first use so that ``import cni.datapath`` stays cheap
-# (no pyroute2) for modules that only need the types above.
-_EXPORTS = {
-    "ensure_eni": "cni.datapath.eni",
-    "ensure_host_sysctls": "cni.datapath.eni",
-    "setup_pod": "cni.datapath.pods",
-    "teardown_pod": "cni.datapath.pods",
-    "check_pod": "cni.datapath.pods",
-    "ensure_snat": "cni.datapath.snat",
-    "remove_snat": "cni.datapath.snat",
-}
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)

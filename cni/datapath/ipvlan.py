@@ -29,6 +29,7 @@ import os
 from typing import Any
 
 from cni.datapath import DatapathError, EniLink, NetnsMissing, PodSpec, WiredPod
+from cni.datapath.base import KernelDatapath, ResultShape
 from cni.datapath.eni import find_link_by_mac, validate_eni, write_sysctl
 from cni.datapath.netns import open_netns
 
@@ -345,3 +346,23 @@ def check_pod_ipvlan(pod: PodSpec) -> list[str]:
     except NetnsMissing:
         problems.append(f"network namespace {pod.netns} does not exist")
     return problems
+
+
+class IpvlanDatapath(KernelDatapath):
+    """ipvlan L2 mode (the module's functions): the pod holds its address with the
+    subnet's prefix behind the subnet gateway, and no host end is reported."""
+
+    name = "ipvlan"
+
+    def setup(self, pod: PodSpec) -> WiredPod:
+        return setup_pod_ipvlan(pod)
+
+    def teardown(self, pod: PodSpec) -> None:
+        teardown_pod_ipvlan(pod)
+
+    def check(self, pod: PodSpec) -> list[str]:
+        return check_pod_ipvlan(pod)
+
+    def result_shape(self, eni: EniLink) -> ResultShape:
+        return ResultShape(ipaddress.IPv4Network(eni.subnet_cidr).prefixlen, eni.gateway,
+                           False)

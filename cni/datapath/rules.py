@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cni.datapath import DatapathError
+from cni.datapath import RULE_PRIO_FROM_POD, RULE_PRIO_TO_POD, DatapathError, PodSpec
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ class Rule:
         if self.fwmark is not None:
             args.update(fwmark=self.fwmark, fwmask=self.fwmask or 0xFFFFFFFF)
         return args
+
+
+def pod_rules(pod: PodSpec) -> tuple[Rule, ...]:
+    """The policy rules a routed pod gets on the node."""
+    if not pod.policy_routing:
+        return ()  # vpc-route mode: the main table routes the pod both ways
+    return (Rule(priority=RULE_PRIO_TO_POD, table=MAIN_TABLE, dst=pod.pod_ip),
+            Rule(priority=RULE_PRIO_FROM_POD, table=pod.eni.table, src=pod.pod_ip))
 
 
 @contextlib.contextmanager

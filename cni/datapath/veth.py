@@ -37,14 +37,15 @@ import threading
 from typing import Any
 
 from cni.datapath import (LINK_LOCAL_GW, RULE_PRIO_FROM_POD, RULE_PRIO_TO_POD,
-                          DatapathError, NetnsMissing, PodSpec, WiredPod)
+                          DatapathError, NetnsMissing, PodSpec, SnatConfig, WiredPod)
+from cni.datapath.base import KernelDatapath, validate_pod
 from cni.datapath.netns import entered_netns, open_netns
-from cni.datapath.pods import validate_pod
 from cni.datapath.rtnl import (RTM_DELROUTE, RTM_DELRULE, RTM_NEWROUTE, RTM_NEWRULE,
                                RT_SCOPE_LINK, Request, RtnlSocket, addr_add_msg, link_del_msg,
                                link_get_msg, link_info, link_set_msg, neigh_msg, route_msg,
                                rule_msg, veth_msg)
-from cni.datapath.rules import MAIN_TABLE, Rule, find_host_route_oif, get_link
+from cni.datapath.rules import Rule, find_host_route_oif, get_link, pod_rules
+from cni.datapath.vethcheck import check_veth_pod
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ POD_PRIORITIES = (RULE_PRIO_TO_POD, RULE_PRIO_FROM_POD)
 REAPED_PREFIX = "ulrm"  # host veths handed to the reaper, renamed ulrm<index in hex>
 REAP_GROUP = 0x756C7264  # the link group they wait in ("ulrd"); 0 is every link's default
 _SWEEP_LIMIT = 8  # stale rules of one address removed at most per sweep
-
-
-def pod_rules(pod: PodSpec) -> tuple[Rule, ...]:
-    if not pod.policy_routing:
-        return ()  # vpc-route mode: the main table routes the pod both ways
-    return (Rule(priority=RULE_PRIO_TO_POD, table=MAIN_TABLE, dst=pod.pod_ip),
-            Rule(priority=RULE_PRIO_FROM_POD, table=pod.eni.table, src=pod.pod_ip))
 
 
 def random_mac() -> str:
@@ -352,6 +346,36 @@ def _remove_host_veth(host: RtnlSocket, pod: PodSpec, index: int,
 
 
 def check_pod(pod: PodSpec) -> list[str]:
-    from cni.datapath.vethcheck import check_veth_pod
-
+    validate_pod(pod)
     return check_veth_pod(pod)
+
+
+class VethDatapath(KernelDatapath):
+    """veth mode: the module's functions, with a reaper for the host ends DEL hands over."""
+
+    name = "veth"
+
+    def __init__(self) -> None:
+        self._reaper: LinkReaper | None = None
+
+    def prepare_host(self, snat: SnatConfig | None) -> None:
+        super().prepare_host(snat)
+        if self._reaper is None:
+            self._reaper = LinkReaper()  # started here: in the node's namespace
+            self._reaper.sweep()  # what a killed agent had not deleted yet
+
+    def setup(self, pod: PodSpec) -> WiredPod:
+        return setup_pod(pod, self._reaper)
+
+    def teardown(self, pod: PodSpec) -> None:
+        teardown_pod(pod, self._reaper)
+
+    def check(self, pod: PodSpec) -> list[str]:
+        return check_pod(pod)
+
+    def shutdown(self) -> None:
+        """Host ends already handed to the reaper are deleted first (bounded)."""
+        if self._reaper is not None:
+            self._reaper.wait_idle(10.0)
+            self._reaper.stop()
+            self._reaper = None

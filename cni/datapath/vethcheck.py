@@ -10,7 +10,7 @@ from typing import Any
 from cni.datapath import LINK_LOCAL_GW, DatapathError, NetnsMissing, PodSpec
 from cni.datapath.netns import open_netns
 from cni.datapath.rules import (MAIN_TABLE, NUD_PERMANENT, find_link_index, get_link,
-                                list_rules)
+                                list_rules, pod_rules)
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ def _routes(ipr: Any, table: int) -> list[tuple[str, int, str | None, int | None
 
 
 def _check_host(ipr: Any, pod: PodSpec) -> tuple[list[str], str | None, int | None]:
-    from cni.datapath.veth import pod_rules
-
     problems: list[str] = []
     index = find_link_index(ipr, pod.host_ifname)
     link = get_link(ipr, index) if index is not None else None

@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from cni.datapath import DatapathError, EniLink, Mode, NetnsMissing, PodSpec
+from cni.datapath import DatapathError, EniLink, NetnsMissing, PodSpec
 from cni.datapath.eni import ensure_eni
 from cni.datapath.ipvlan import (
     check_pod_ipvlan,
@@ -63,7 +63,7 @@ class Lab:
 
     def pod(self, short: str, ip: str, **changes: object) -> PodSpec:
         spec = PodSpec(container_id=f"c-{short}", ifname="eth0", netns=self.path(self.pods[short]),
-                       pod_ip=ip, eni=ENI, mode=Mode.IPVLAN, mtu=9001, pod_namespace="default",
+                       pod_ip=ip, eni=ENI, mtu=9001, pod_namespace="default",
                        pod_name=short)
         return dataclasses.replace(spec, **changes) if changes else spec
 
