@@ -165,6 +165,8 @@ class Pool:
         report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.wiring,
                                 self.config.mtu, clock=self._clock)
         self._next_reconcile = self._monotonic() + self.config.reconcile_interval
+        if self.metrics:
+            self.metrics.reconciled()
         logger.info("reconciled: %d ENIs, %d addresses, adopted %s, lost %s", report.enis,
                     report.addresses, list(report.adopted), list(report.lost))
         self._notify()

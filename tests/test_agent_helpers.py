@@ -73,11 +73,13 @@ class AgentProcess:
         self.workdir = workdir
         self.instance = world.instances[node]
         self.status_port = free_port()
+        self.metrics_port = free_port()
         self.config = fast_config(
             cluster=world.cluster, instance_id=self.instance.instance_id,
             node_name=self.instance.name, region=emulator.region,
             cloud_endpoint=emulator.endpoint, socket_path=str(workdir / "run" / "agent.sock"),
-            state_path=str(workdir / "state" / "ipam.db"), status_port=self.status_port)
+            state_path=str(workdir / "state" / "ipam.db"), status_port=self.status_port,
+            metrics_address="127.0.0.1", metrics_port=self.metrics_port)
         self.config.update(config)
         self.config_path = workdir / "agent.json"
         self.config_path.write_text(json.dumps(self.config))
