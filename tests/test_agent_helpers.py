@@ -88,9 +88,10 @@ class AgentProcess:
         self.client = AgentClient(self.config["socket_path"], timeout=30.0)
         self.starts = 0
 
-    def start(self, wait_ready: bool = True) -> None:
+    def start(self, wait_ready: bool = True, extra_env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "UNDERLAY_"))}
         env.update(CREDS)
+        env.update(extra_env or {})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([PYTHON, "-m", "ipam_daemon.main", "--config",
                                           str(self.config_path)], stdout=log, stderr=log,
