@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cloud.api import Cloud
+from cloud.errors import CloudError
+from cloud.imds import read_instance_identity
 from cloud.types import TAG_CLUSTER, Eni, Instance, InstanceId, InstanceLimits, Subnet, SubnetId
 from cni.datapath import EniLink
 
@@ -27,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Node:
-    """The node as the cloud sees it. Kubernetes (providerID) will supply ``instance_id``
-    and per-node overrides later; until then both come from the configuration."""
+    """The node as the cloud sees it: the instance named by the configuration (with
+    Kubernetes on, the Node's providerID put it there), else by the instance metadata
+    service."""
 
     name: str
     cluster: str
@@ -46,11 +49,24 @@ class ReconcileReport:
     lost: tuple[str, ...] = field(default=())
 
 
+def instance_id_of(config: AgentConfig) -> str:
+    """The configured instance id, else the instance metadata service's; ValueError naming
+    both sources when neither has one (with Kubernetes on, the Node's providerID came
+    first: see ``ipam_daemon.kube.identity``)."""
+    if config.instance_id:
+        return config.instance_id
+    tried = "no instance id: (1) instance_id is not configured (nor UNDERLAY_INSTANCE_ID)"
+    if not config.imds_endpoint:
+        raise ValueError(f"{tried}; (2) the instance metadata service is off (imds_endpoint"
+                         " is empty)")
+    try:
+        return read_instance_identity(config.imds_endpoint).instance_id
+    except (CloudError, ValueError) as exc:
+        raise ValueError(f"{tried}; (2) {exc}") from None
+
+
 def discover_node(cloud: Cloud, config: AgentConfig) -> Node:
-    if not config.instance_id:
-        raise ValueError("instance_id: required (set it in the configuration or"
-                         " UNDERLAY_INSTANCE_ID; Kubernetes node identity is not wired yet)")
-    instance = cloud.describe_instance(InstanceId(config.instance_id))
+    instance = cloud.describe_instance(InstanceId(instance_id_of(config)))
     limits = cloud.instance_limits(instance.instance_type)
     subnets = tuple(SubnetId(s) for s in config.subnets) or (instance.subnet_id,)
     groups = tuple(config.security_groups) or tuple(instance.security_groups)

@@ -45,6 +45,7 @@ from cloud.emulator.harness_io import (
     wait_until,
     write_cni_files,
 )
+from cloud.emulator.imds import ImdsServer
 from cloud.emulator.server import EmulatedCloud
 from cloud.emulator.settings import EmulatorSettings
 from cloud.emulator.world import World, build_world
@@ -122,7 +123,8 @@ class Cluster:
                  vpc_cidr: str = "10.0.0.0/16",
                  subnet_cidrs: Sequence[str] = ("10.0.0.0/24", "10.0.1.0/24"),
                  settings: EmulatorSettings | None = None, mode: str = "veth",
-                 libcni_client: str | None = None, prefix: str | None = None) -> None:
+                 libcni_client: str | None = None, prefix: str | None = None,
+                 imds: bool = True) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, got nodes={nodes}")
         if mode not in DATAPATH_MODES:
@@ -145,6 +147,8 @@ class Cluster:
         self._endpoints: dict[str, str] = {}
         self._pods_lock = threading.Lock()
         self._adding: set[tuple[str, str]] = set()
+        self._imds_on_start = imds
+        self.imds: dict[str, ImdsServer] = {}  # node name -> its metadata service
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Cluster:
@@ -170,6 +174,8 @@ class Cluster:
                 (node.workdir / "10-underlay.conflist").write_text(json.dumps(template, indent=1))
                 self._endpoints[node.name] = self.fabric.cloud_endpoint(node.instance_id)
                 self.nodes.append(node)
+                if self._imds_on_start:
+                    self.serve_imds(node)
         except BaseException:
             self.stop()
             raise
@@ -182,6 +188,8 @@ class Cluster:
         for agent in list(self.agents.values()):
             self._try(self._stop_process, agent.process)
         self.agents.clear()
+        for name in list(self.imds):
+            self._try(self.imds.pop(name).stop)
         if self.fabric is not None:
             self._try(self.fabric.stop)
             self.fabric = None
@@ -206,6 +214,21 @@ class Cluster:
             step(*args)
         except Exception:
             logger.exception("cluster teardown step %s failed", getattr(step, "__name__", step))
+
+    # -- the instance metadata service ---------------------------------------------------
+    def serve_imds(self, node_ref: int | str | Node) -> None:
+        """IMDSv2 on 169.254.169.254 inside the node's namespace (cloud.emulator.imds)."""
+        node = self.node(node_ref)
+        assert self.cloud is not None and self.fabric is not None
+        if node.name not in self.imds:
+            self.imds[node.name] = ImdsServer(node.netns, self.fabric.netns_path(node.netns),
+                                              node.instance_id, self.cloud.region,
+                                              self.cloud.snapshot)
+
+    def stop_imds(self, node_ref: int | str | Node) -> None:
+        server = self.imds.pop(self.node(node_ref).name, None)
+        if server is not None:
+            server.stop()
 
     # -- agents --------------------------------------------------------------------------
     def node(self, ref: int | str | Node) -> Node:
