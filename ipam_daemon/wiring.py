@@ -8,7 +8,10 @@ import importlib
 import logging
 from typing import Any, Protocol
 
+from pathlib import Path
+
 from cni.datapath import EniLink, Mode, PodSpec, SnatConfig, WiredPod
+from cni.datapath.hostrecord import RECORD_NAME, HostRecord
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,10 @@ class KernelWiring:
     """veth or ipvlan through ``cni.datapath``; the functions are looked up in the pod
     dispatcher (``cni.datapath.pods``), the mode's module, then the shared ones."""
 
-    def __init__(self, mode: Mode) -> None:
+    def __init__(self, mode: Mode, record_path: str | None = None) -> None:
         self.mode = mode
+        # what the agent changes on the node, for the uninstall (cni.datapath.hostrecord)
+        self.record = HostRecord(record_path)
         self._modules = ["cni.datapath.pods", f"cni.datapath.{mode.value}", "cni.datapath.eni",
                          "cni.datapath.snat", "cni.datapath"]
         self._snat = False
@@ -68,18 +73,20 @@ class KernelWiring:
         raise RuntimeError(f"datapath {self.mode.value}: cni.datapath provides no {name}()")
 
     def prepare_host(self, snat: SnatConfig | None) -> None:
-        self._function("ensure_host_sysctls")()
+        self._function("ensure_host_sysctls")(self.record)
         if self.mode is Mode.VETH and self._reaper is None:
             from cni.datapath.veth import LinkReaper
 
             self._reaper = LinkReaper()  # started here: in the node's namespace
             self._reaper.sweep()  # what a killed agent had not deleted yet
         if snat is not None:
+            if snat.enabled:
+                self.record.note_snat()
             self._function("ensure_snat")(snat)  # enabled=False removes ours
             self._snat = snat.enabled
 
     def ensure_eni(self, eni: EniLink) -> None:
-        name = self._function("ensure_eni")(eni)
+        name = self._function("ensure_eni")(eni, record=self.record)
         logger.info("ENI %s (device %d) is link %s", eni.mac, eni.device_index, name)
 
     def setup_pod(self, pod: PodSpec) -> WiredPod | None:
@@ -100,7 +107,14 @@ class KernelWiring:
             self._reaper = None
 
 
-def build_wiring(datapath: str) -> Wiring:
+def record_path_of(state_path: str) -> str | None:
+    """The host record lives beside the state database (None for an in-memory store)."""
+    if state_path == ":memory:":
+        return None
+    return str(Path(state_path).parent / RECORD_NAME)
+
+
+def build_wiring(datapath: str, state_path: str = ":memory:") -> Wiring:
     if datapath == "none":
         return NoWiring()
-    return KernelWiring(Mode(datapath))
+    return KernelWiring(Mode(datapath), record_path_of(state_path))
