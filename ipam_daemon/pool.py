@@ -163,7 +163,8 @@ class Pool:
 
     def reconcile(self) -> None:
         report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.wiring,
-                                self.config.mtu, clock=self._clock)
+                                self.config.mtu, clock=self._clock,
+                                cooldown=self.config.cooldown_seconds)
         self._next_reconcile = self._monotonic() + self.config.reconcile_interval
         if self.metrics:
             self.metrics.reconciled()

@@ -123,8 +123,10 @@ def eni_link(record: EniRecord, mtu: int) -> EniLink:
 
 
 def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
-                   wiring: Wiring, mtu: int, *, clock=time.time) -> ReconcileReport:
-    """Make the store hold exactly what the cloud says our attached ENIs hold."""
+                   wiring: Wiring, mtu: int, *, clock=time.time,
+                   cooldown: float = 0.0) -> ReconcileReport:
+    """Make the store hold exactly what the cloud says our attached ENIs hold, and keep
+    addresses that another plugin's pods route on this node out of the pool."""
     known = {e.id: e for e in store.enis()}
     attached = [e for e in cloud.list_enis(node.instance.id) if is_ours(e, node)]
     now = clock()
@@ -138,10 +140,28 @@ def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
     adopted = tuple(r.id for r, _ in view if r.id not in known)
     for record, _ in view:
         wiring.ensure_eni(eni_link(record, mtu))
+    hold_foreign_addresses(store, wiring, {ip for _, ips in view for ip in ips}, cooldown)
     if adopted:
         logger.info("reconcile: adopted ENIs %s", ", ".join(adopted))
     return ReconcileReport(len(view), sum(len(ips) for _, ips in view), adopted,
                            tuple(a.ip for a in lost))
+
+
+def hold_foreign_addresses(store: Store, wiring: Wiring, ours: set[str],
+                           cooldown: float) -> None:
+    """Moving a node over from another plugin (the AWS VPC CNI): its pods keep running on
+    secondary addresses of the primary ENI until they are recreated. An address of our
+    ENIs that the kernel routes to a pod link that is not ours is held, not borrowable;
+    once its route is gone (the pod was deleted) it is released into the pool."""
+    used = wiring.addresses_routed_elsewhere() & ours
+    held = store.hold_foreign(used)
+    freed = store.release_foreign(used, cooldown)
+    if held:
+        logger.warning("addresses %s are routed to pods of another CNI plugin on this node: held"
+                       " until those pods are gone", ", ".join(held))
+    if freed:
+        logger.info("addresses %s are no longer used by another plugin's pods: released",
+                    ", ".join(freed))
 
 
 def collect_leaked_enis(cloud: Cloud, cluster: str, older_than: float) -> list[str]:

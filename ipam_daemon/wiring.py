@@ -22,6 +22,7 @@ class Wiring(Protocol):
     def setup_pod(self, pod: PodSpec) -> WiredPod | None: ...
     def teardown_pod(self, pod: PodSpec) -> None: ...
     def check_pod(self, pod: PodSpec) -> list[str]: ...
+    def addresses_routed_elsewhere(self) -> set[str]: ...
     def shutdown(self) -> None: ...
 
 
@@ -42,6 +43,9 @@ class NoWiring:
 
     def check_pod(self, pod: PodSpec) -> list[str]:
         return []
+
+    def addresses_routed_elsewhere(self) -> set[str]:
+        return set()
 
     def shutdown(self) -> None:
         return None
@@ -97,6 +101,9 @@ class KernelWiring:
 
     def check_pod(self, pod: PodSpec) -> list[str]:
         return list(self._function("check_pod")(pod))
+
+    def addresses_routed_elsewhere(self) -> set[str]:
+        return set(self._function("list_foreign_pod_addresses")())
 
     def shutdown(self) -> None:
         """Pods keep their wiring across an agent restart; SNAT is left as is too. Host

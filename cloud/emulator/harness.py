@@ -148,6 +148,7 @@ class Cluster:
         self._pods_lock = threading.Lock()
         self._adding: set[tuple[str, str]] = set()
         self._imds_on_start = imds
+        self.conf_dirs: dict[str, Path] = {}  # node name -> its /etc/cni/net.d (use_conf_dir)
         self.imds: dict[str, ImdsServer] = {}  # node name -> its metadata service
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -368,8 +369,8 @@ class Cluster:
 
     def _libcni(self, node: Node, command: str, netns: str, container_id: str, ifname: str,
                 namespace: str, name: str) -> str:
-        args = (f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
-                f"K8S_POD_INFRA_CONTAINER_ID={container_id}")
+        args = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+                f"K8S_POD_INFRA_CONTAINER_ID={container_id}")  # as containerd passes them
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                "CNI_PATH": f"{self.cni_bin_dir}:{REFERENCE_PLUGINS}",
                "LIBCNI_CACHE_DIR": str(node.workdir / "cni-cache")}
@@ -384,8 +385,23 @@ class Cluster:
         return proc.stdout
 
     def conflist_for(self, node: Node) -> str:
-        """The node's conflist: the shared one with the node's agent socket."""
-        return str(node.workdir / "10-underlay.conflist")
+        """The node's conflist: the shared one with the node's agent socket, or, once
+        :meth:`use_conf_dir` named a directory for the node, the file a runtime loads from
+        it: the first of its ``*.conf``/``*.conflist``/``*.json`` files in name order, as
+        libcni's ConfFiles lists them and containerd and CRI-O take them."""
+        conf_dir = self.conf_dirs.get(node.name)
+        if conf_dir is None:
+            return str(node.workdir / "10-underlay.conflist")
+        found = sorted(p.name for p in conf_dir.iterdir() if p.is_file()
+                       and p.suffix in (".conf", ".conflist", ".json"))
+        if not found:
+            raise HarnessError(f"no network configuration in {conf_dir} for {node.name}")
+        return str(conf_dir / found[0])
+
+    def use_conf_dir(self, node_ref: int | str | Node, conf_dir: Path) -> None:
+        """Pods of the node are added and deleted with the first conflist of ``conf_dir``
+        at that moment (like /etc/cni/net.d on a real node)."""
+        self.conf_dirs[self.node(node_ref).name] = Path(conf_dir)
 
     # -- commands ------------------------------------------------------------------------
     def exec_in(self, target: Node | Pod | str, cmd: Sequence[str], *, check: bool = True,

@@ -182,3 +182,21 @@ def link_name_for_mac(mac: str) -> str | None:
     with IPRoute() as ipr:
         link = find_link_by_mac(ipr, mac)
         return link.get_attr("IFLA_IFNAME") if link is not None else None
+
+
+def list_foreign_pod_addresses() -> set[str]:
+    """Addresses routed as /32 in the main table to a link that is not one of our pod
+    veths: pods of another CNI plugin on this node (the AWS VPC CNI's ``eni*`` veths, the
+    reference ptp plugin's ``veth*``), which keep running while a node moves to underlay."""
+    from pyroute2 import IPRoute
+
+    from cni.datapath import HOST_VETH_PREFIX
+    from cni.datapath.veth import REAPED_PREFIX
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
+        return {route.get_attr("RTA_DST") for route in ipr.get_routes(family=2, table=MAIN_TABLE)
+                if route.get_attr("RTA_TABLE") == MAIN_TABLE and route["dst_len"] == 32
+                and route.get_attr("RTA_OIF") in names  # scope link (aws-cni) or host (ptp)
+                and not names[route.get_attr("RTA_OIF")].startswith((HOST_VETH_PREFIX,
+                                                                     REAPED_PREFIX))}
