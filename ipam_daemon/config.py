@@ -24,7 +24,18 @@ Defaults, and why they differ from AWS VPC CNI's:
   few pods costs no cloud call (see ``ipam_daemon.policy``).
 
 Per-node overrides (from Kubernetes) go through :func:`apply_overrides`, which validates
-exactly as the file does.
+exactly as the file does. Every ``UNDERLAY_*`` environment variable must name a key: an
+unknown one (``UNDERLAY_WARMIPS``) is an error naming it and the closest key. A running
+agent applies a later configuration (an edited ConfigMap: ``ipam_daemon.config_follower``)
+for the keys of :data:`LIVE_KEYS` only; :func:`diff_config` says which changed keys need a
+restart.
+
+Listeners: the status endpoint (``status_address:status_port``) binds loopback only (it
+names pods); metrics have their own (``metrics_address:metrics_port``, 61678), any IP
+address, the node's in the DaemonSet. ``imds_endpoint`` is where the instance metadata
+service is asked who this node is when neither the Node's providerID nor ``instance_id``
+says it ("" turns it off). ``config_map`` is the agent's ConfigMap that a running agent
+follows in ``kube-system``.
 
 Kubernetes (``kubernetes``): ``off`` (default: demo, tests), ``in-cluster`` (the pod's
 service account), ``kubeconfig`` (``kubeconfig`` names the file) or ``host`` (``kube_host``,
