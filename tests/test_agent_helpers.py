@@ -36,7 +36,8 @@ def fast_config(**overrides) -> dict:
                 reconcile_interval=5.0, cooldown_seconds=0.3, eni_min_age=0.0,
                 borrow_wait_seconds=3.0, subnet_full_backoff=1.0, max_backoff=1.0,
                 leaked_eni_age=1.0,
-                leaked_eni_interval=1.0, cloud_timeout=5.0, log_level="INFO")
+                leaked_eni_interval=1.0, cloud_timeout=5.0, log_level="INFO",
+                imds_endpoint="")  # the root namespace never asks 169.254.169.254
     base.update(overrides)
     return base
 
