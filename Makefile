@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 APT_PACKAGES := iproute2 iptables containernetworking-plugins golang-go golang-github-appc-cni-dev \
-	qemu-system-x86 linux-image-amd64 busybox-static tcpdump file containerd runc
+	qemu-system-x86 linux-image-amd64 busybox-static tcpdump file containerd runc prometheus
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # The host CNI executable: a static Go program (cni/shim), built offline.
 SHIM := build/underlay

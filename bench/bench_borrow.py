@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                   "region": emulator.region, "cloud_endpoint": emulator.endpoint,
                   "datapath": "none", "warm_ips": args.warm, "pool_interval": 0.5,
                   "socket_path": str(workdir / "agent.sock"),
-                  "state_path": str(workdir / "ipam.db"), "status_port": 0,
+                  "state_path": str(workdir / "ipam.db"), "status_port": 0, "metrics_port": 0,
                   "log_level": "WARNING"}
         (workdir / "agent.json").write_text(json.dumps(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "UNDERLAY_"))}

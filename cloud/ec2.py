@@ -3,8 +3,8 @@
 Every request has explicit connect and read timeouts; botocore's own retries are off and
 retries happen here (``cloud.retry``: backoff with full jitter, bounded attempts and
 time). Every failure is translated once (``cloud.ec2_errors.translate_error``) and every
-attempt is reported to ``on_call(action, outcome)`` with outcome "ok" or the error code,
-so the agent can count cloud calls and errors. Credentials come from boto3's standard
+attempt is reported to ``on_call(action, outcome, seconds)`` with outcome "ok" or the error
+code and the attempt's duration, so the agent can count cloud calls, errors and latency. Credentials come from boto3's standard
 chain and are never logged.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ from cloud.types import (
 
 logger = logging.getLogger(__name__)
 
-OnCall = Callable[[str, str], None]
+OnCall = Callable[[str, str, float], None]
 
 
 class Ec2Cloud:
@@ -110,13 +110,14 @@ class Ec2Cloud:
         method = getattr(self._client, _snake(action))
 
         def attempt() -> Any:
+            started = time.monotonic()
             try:
                 response = method(**params)
             except (ClientError, BotoCoreError) as exc:  # translated here, in one place
                 error = translate_error(exc, action)
-                self._report(action, outcome_of(error))
+                self._report(action, outcome_of(error), time.monotonic() - started)
                 raise error from None
-            self._report(action, "ok")
+            self._report(action, "ok", time.monotonic() - started)
             return response
 
         def fresh_not_found(error: CloudError) -> bool:
@@ -126,11 +127,11 @@ class Ec2Cloud:
             attempt, self.policy, action=action, stop=self._stop, also_retry=fresh_not_found
         )
 
-    def _report(self, action: str, outcome: str) -> None:
+    def _report(self, action: str, outcome: str, seconds: float) -> None:
         if self._on_call is None:
             return
         try:
-            self._on_call(action, outcome)
+            self._on_call(action, outcome, seconds)
         except Exception:  # noqa: BLE001 - metrics must never break a cloud call
             logger.exception("on_call callback failed for %s", action)
 

@@ -1,5 +1,5 @@
 """Render the network configuration list the installer writes to
-``/etc/cni/net.d/10-underlay.conflist``: a pure function of its options.
+``/etc/cni/net.d/05-underlay.conflist``: a pure function of its options.
 
 ``cniVersion`` is 1.0.0 so that runtimes built on libcni < 1.2 load it, and ``cniVersions``
 lists 1.1.0 too: runtimes that know 1.1.0 pick the highest version both sides support
@@ -17,7 +17,7 @@ from cni.request import MAX_MTU, MIN_MTU
 from cni.spec import DEFAULT_SOCKET, MODES, PLUGIN_TYPE
 
 DEFAULT_NAME = "underlay"
-CONFLIST_PATH = "/etc/cni/net.d/10-underlay.conflist"
+CONFLIST_PATH = "/etc/cni/net.d/05-underlay.conflist"
 CNI_VERSION = "1.0.0"
 CNI_VERSIONS = ("1.0.0", "1.1.0")
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")

@@ -11,6 +11,7 @@ stopped first. In ``vpc-route`` mode the pool is a :class:`~ipam_daemon.vpcroute
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -20,16 +21,17 @@ from cloud import errors as ce
 from cloud.api import Cloud
 from cni.datapath import SnatConfig
 from cni.datapath.base import Datapath
-from cni.datapath.registry import build_datapath
+from cni.datapath.registry import build_datapath, record_path_of
 
 from ipam_daemon.api import UnixHTTPServer
-from ipam_daemon.config import AgentConfig
+from ipam_daemon.config import AgentConfig, ConfigChange, diff_config
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.pool import Pool
 from ipam_daemon.reconcile import Node, discover_node
 from ipam_daemon.service import Service
-from ipam_daemon.status import StatusServer
+from ipam_daemon.status import StatusServer, start_listeners
 from ipam_daemon.store import Store
+from ipam_daemon.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ class Agent:
         self.config = config
         self.metrics = Metrics()
         self.cloud = cloud if cloud is not None else build_cloud(config, self.metrics)
-        self.datapath = datapath if datapath is not None else build_datapath(config.datapath)
+        self.datapath = datapath if datapath is not None else build_datapath(
+            config.datapath, record_path=record_path_of(config.state_path))
         self._node_resolver = node_resolver
         self.observer = observer
         self._cordoned = False
@@ -63,6 +66,7 @@ class Agent:
         self.service: Service | None = None
         self.socket: UnixHTTPServer | None = None
         self.status: StatusServer | None = None
+        self.metrics_listener: StatusServer | None = None
 
     def _resolve_node(self) -> Node:
         delay = 0.5
@@ -78,9 +82,10 @@ class Agent:
 
     def start(self) -> None:
         self.store = Store(self.config.state_path)
-        self.status = StatusServer(self.config.status_address, self.config.status_port,
-                                   lambda: self.service, self.metrics)
-        self.status.start()
+        self.status, self.metrics_listener = start_listeners(
+            (self.config.status_address, self.config.status_port),
+            (self.config.metrics_address, self.config.metrics_port), lambda: self.service,
+            self.metrics)
         node = self._resolve_node()
         if self.config.vpc_route:
             from ipam_daemon.vpcroute import RoutePool
@@ -107,8 +112,8 @@ class Agent:
                                          daemon=True)
         self._orphans.start()
         self.pool.start()
-        logger.info("agent ready: node %s, instance %s, datapath %s", node.name,
-                    node.instance.id, self.config.datapath)
+        logger.info("agent ready: underlay %s, node %s, instance %s, datapath %s", VERSION,
+                    node.name, node.instance.id, self.config.datapath)
 
     def _sweep_orphans(self) -> None:
         """Pods whose netns vanished without a DEL reaching us, found at every reconcile
@@ -139,23 +144,29 @@ class Agent:
         if self.pool is not None:
             self.pool.set_cordoned(cordoned)
 
-    def apply_config(self, config: AgentConfig) -> None:
-        """A later per-node configuration: pool targets apply at once; what shapes the node
-        (instance, subnets, groups, mode, datapath, pod CIDR, paths) needs a restart."""
-        fixed = ("instance_id", "subnets", "security_groups", "mode", "datapath", "pod_cidr",
-                 "socket_path", "state_path", "cluster")
-        changed = [k for k in fixed if getattr(config, k) != getattr(self.config, k)]
-        if changed:
-            logger.warning("the API server changed %s; restart the agent to apply",
-                           ", ".join(changed))
-            return
+    def apply_config(self, config: AgentConfig) -> ConfigChange:
+        """A later configuration (the ConfigMap or the node's override changed): the keys of
+        ``LIVE_KEYS`` (pool targets and intervals, log level) apply at once; any other
+        changed key (instance, subnets, groups, mode, datapath, paths, listeners, ...) is
+        kept as it is and named in the answer and a log line: it needs a restart."""
+        change = diff_config(self.config, config)
+        if change.restart:
+            logger.warning("configuration change of %s needs an agent restart to apply (kubectl"
+                           " -n kube-system rollout restart ds/underlay); running with the old"
+                           " values", ", ".join(change.restart))
+        if not change.applied:
+            return change
+        config = dataclasses.replace(self.config, **{k: getattr(config, k) for k in change.applied})
         self.config = config
         if self.service is not None:
             self.service.config = config
         if self.pool is not None:
             self.pool.apply_config(config)
-        logger.info("per-node configuration applied: warm_ips=%d min_ips=%d max_ips=%d",
-                    config.warm_ips, config.min_ips, config.max_ips)
+        if "log_level" in change.applied:
+            logging.getLogger().setLevel(config.log_level.upper())
+        logger.info("configuration applied without a restart: %s", ", ".join(
+            f"{k}={getattr(config, k)}" for k in change.applied))
+        return change
 
     def route_problem(self) -> str:
         """Why this node's VPC route cannot be kept ("" when fine or not in vpc-route mode)."""
@@ -172,8 +183,9 @@ class Agent:
             close()  # wakes the pool's cloud retries, so the loop ends promptly
         if self.pool is not None:
             self.pool.stop()
-        if self.status is not None:
-            self.status.stop()
+        for listener in (self.status, self.metrics_listener):
+            if listener is not None:
+                listener.stop()
         self.datapath.shutdown()
         if self.store is not None:
             self.store.close()

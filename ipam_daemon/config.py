@@ -24,7 +24,18 @@ Defaults, and why they differ from AWS VPC CNI's:
   few pods costs no cloud call (see ``ipam_daemon.policy``).
 
 Per-node overrides (from Kubernetes) go through :func:`apply_overrides`, which validates
-exactly as the file does.
+exactly as the file does. Every ``UNDERLAY_*`` environment variable must name a key: an
+unknown one (``UNDERLAY_WARMIPS``) is an error naming it and the closest key. A running
+agent applies a later configuration (an edited ConfigMap: ``ipam_daemon.config_follower``)
+for the keys of :data:`LIVE_KEYS` only; :func:`diff_config` says which changed keys need a
+restart.
+
+Listeners: the status endpoint (``status_address:status_port``) binds loopback only (it
+names pods); metrics have their own (``metrics_address:metrics_port``, 61678), any IP
+address, the node's in the DaemonSet. ``imds_endpoint`` is where the instance metadata
+service is asked who this node is when neither the Node's providerID nor ``instance_id``
+says it ("" turns it off). ``config_map`` is the agent's ConfigMap that a running agent
+follows in ``kube-system``.
 
 Kubernetes (``kubernetes``): ``off`` (default: demo, tests), ``in-cluster`` (the pod's
 service account), ``kubeconfig`` (``kubeconfig`` names the file) or ``host`` (``kube_host``,
@@ -41,6 +52,7 @@ may delete: routes outside it are never touched.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import logging
@@ -59,8 +71,26 @@ MODES = ("eni", "vpc-route")
 KUBE_SOURCES = ("off", "in-cluster", "kubeconfig", "host")
 
 
+# Keys a running agent applies without a restart (the pool reads them at every step);
+# every other key shapes the node (identity, subnets, datapath, paths, listeners, the
+# Kubernetes wiring) and needs a restart.
+LIVE_KEYS = frozenset({
+    "warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_size", "cooldown_seconds",
+    "pool_interval", "shrink_interval", "reconcile_interval", "leaked_eni_age",
+    "leaked_eni_interval", "borrow_wait_seconds", "subnet_full_backoff", "max_backoff",
+    "log_level"})
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names key and value."""
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """What a new configuration changes: keys applied live, keys that need a restart."""
+
+    applied: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,8 @@ class AgentConfig:
     state_path: str = "/var/lib/underlay/ipam.db"
     status_address: str = "127.0.0.1"
     status_port: int = 61680  # 0: any free port (tests)
+    metrics_address: str = "127.0.0.1"  # the DaemonSet sets the node's address (status.podIP)
+    metrics_port: int = 61678  # 0: any free port (tests)
     pool_interval: float = 5.0
     shrink_interval: float = 30.0
     reconcile_interval: float = 60.0
@@ -99,8 +131,11 @@ class AgentConfig:
     cloud_timeout: float = 10.0  # per request; a call with its retries gives up after 3x
     max_backoff: float = 30.0  # longest pause of the pool loop after throttling or 5xx
     log_level: str = "INFO"
+    # the instance metadata service (IMDSv2): who this node is when nothing else says so
+    imds_endpoint: str = "http://169.254.169.254"  # "": never asked
     # Kubernetes
     kubernetes: str = "off"
+    config_map: str = "underlay-config"  # followed in kube-system ("": not followed)
     kubeconfig: str = ""
     kube_host: str = ""
     kube_timeout: float = 10.0
@@ -128,7 +163,7 @@ class AgentConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
 _INT_KEYS = {"warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_size", "mtu",
-             "status_port", "route_table_limit"}
+             "status_port", "metrics_port", "route_table_limit"}
 _FLOAT_KEYS = {"cooldown_seconds", "pool_interval", "shrink_interval", "reconcile_interval",
                "eni_min_age", "leaked_eni_age", "leaked_eni_interval", "borrow_wait_seconds",
                "subnet_full_backoff", "cloud_timeout", "max_backoff", "kube_timeout",
@@ -188,20 +223,39 @@ def _flatten_snat(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """Every ``UNDERLAY_*`` variable of ``env`` that names no configuration key."""
+    return sorted(n for n in env if n.startswith(ENV_PREFIX)
+                  and n[len(ENV_PREFIX):].lower() not in _FIELDS)
+
+
+def describe_unknown_env(names: list[str]) -> str:
+    """``environment variable UNDERLAY_WARMIPS names no configuration key (did you mean
+    UNDERLAY_WARM_IPS?)``, for each name."""
+    known = [ENV_PREFIX + k.upper() for k in _FIELDS]
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+        parts.append(f"environment variable {name} names no configuration key"
+                     + (f" (did you mean {close[0]}?)" if close else ""))
+    return "; ".join(parts) + " (every UNDERLAY_<KEY> must be a key of ipam_daemon.config)"
+
+
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> AgentConfig:
-    """Build a validated config from a mapping plus ``UNDERLAY_<KEY>`` overrides."""
+    """Build a validated config from a mapping plus ``UNDERLAY_<KEY>`` overrides. Every
+    ``UNDERLAY_*`` variable must name a key: unknown ones are refused, all named at once."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"configuration: expected a JSON object, got {type(raw).__name__}")
     values = _flatten_snat(dict(raw))
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+    strays = unknown_env(env or {})
+    if strays:
+        raise ConfigError(describe_unknown_env(strays))
     for name, text in (env or {}).items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        key = name[len(ENV_PREFIX):].lower()
-        if key in _FIELDS:
-            values[key] = text
+        if name.startswith(ENV_PREFIX):
+            values[name[len(ENV_PREFIX):].lower()] = text
     if not values.get("node_name") and (env or {}).get("NODE_NAME"):
         values["node_name"] = (env or {})["NODE_NAME"]
     coerced = {k: _coerce(k, v) for k, v in values.items()}
@@ -233,7 +287,16 @@ def validate_config(c: AgentConfig) -> None:
     _require(576 <= c.mtu <= 9001, "mtu", c.mtu, "must be between 576 and 9001")
     _require(0 <= c.status_port <= 65535, "status_port", c.status_port, "not a port number")
     _require(c.status_address in ("127.0.0.1", "::1", "localhost"), "status_address",
-             c.status_address, "the status endpoint binds loopback only")
+             c.status_address, "the status endpoint binds loopback only (it names pods;"
+             " metrics have their own listener: metrics_address)")
+    _require(0 <= c.metrics_port <= 65535, "metrics_port", c.metrics_port, "not a port number")
+    try:
+        ipaddress.ip_address(c.metrics_address)
+    except ValueError:
+        raise ConfigError(f"metrics_address={c.metrics_address!r}: expected an IP address (the"
+                          " node's, 0.0.0.0 for every interface, or 127.0.0.1)") from None
+    _require(not c.metrics_port or c.metrics_port != c.status_port, "metrics_port",
+             c.metrics_port, f"must differ from status_port={c.status_port}")
     _require(bool(c.cluster) and len(c.cluster) <= 128, "cluster", c.cluster,
              "must be a non-empty name (it tags our ENIs)")
     _require(bool(c.socket_path), "socket_path", c.socket_path, "must be a path")
@@ -257,6 +320,8 @@ def validate_config(c: AgentConfig) -> None:
 def _validate_kube(c: AgentConfig) -> None:
     _require(c.kubernetes in KUBE_SOURCES, "kubernetes", c.kubernetes,
              f"must be one of {KUBE_SOURCES}")
+    _require(not c.imds_endpoint or c.imds_endpoint.startswith("http://"), "imds_endpoint",
+             c.imds_endpoint, "expected http://host[:port] or empty (off)")
     if c.kubernetes == "off":
         return
     _require(bool(c.node_name), "node_name", c.node_name,
@@ -313,6 +378,13 @@ def load_config(path: str | os.PathLike[str] | None,
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path}: not valid JSON ({exc})") from None
     return parse_config(raw, os.environ if env is None else env)
+
+
+def diff_config(old: AgentConfig, new: AgentConfig) -> ConfigChange:
+    changed = [f.name for f in dataclasses.fields(AgentConfig)
+               if getattr(old, f.name) != getattr(new, f.name)]
+    return ConfigChange(tuple(k for k in changed if k in LIVE_KEYS),
+                        tuple(k for k in changed if k not in LIVE_KEYS))
 
 
 def apply_overrides(config: AgentConfig, overrides: Mapping[str, Any]) -> AgentConfig:

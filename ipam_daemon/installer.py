@@ -3,7 +3,7 @@
     underlay-install install   [--host-root /host] [--plugin-source FILE|DIR]
                                [--conflist-template FILE] [--skip-conflist | --conflist-only]
                                [--agent-socket PATH] [--wait-seconds N] [--stay]
-    underlay-install uninstall [--host-root /host]
+    underlay-install uninstall [--host-root /host] [--agent-socket PATH] [--force]
 
 ``install`` copies the executable into ``<host-root>/opt/cni/bin`` and writes the conflist
 into ``<host-root>/etc/cni/net.d``, each atomically (temp file in the same directory, fsync,
@@ -22,7 +22,17 @@ directory at the next run (an exec that began before the switch may still load f
 Everything written, and every directory created, is recorded in
 ``<host-root>/var/lib/underlay/installed.json``; ``uninstall`` removes exactly those (a file
 whose content someone else changed since is left alone and named in the log), then the
-directories it created if they are empty, so the host is as before.
+directories it created if they are empty, so the host is as before. Before the files, it
+undoes what the agent changed in the node's network namespace (``cni.datapath.hostclean``,
+from ``host-network.json`` beside the agent's state): SNAT chains, the fwmark rule, the ENI
+route tables, ENI link settings and sysctls; the agent's state database goes too (the ENIs
+stay attached: a later install adopts them by their tag). It refuses, changing nothing, while the agent
+still answers on its socket or while pods are still wired (``--force`` cuts them off).
+
+The conflist is ``05-underlay.conflist`` so that it sorts before the conflists other
+plugins leave in the directory (``10-aws.conflist`` of the AWS VPC CNI, ``10-calico``,
+...): the runtime loads the first file. An older name of ours (``10-underlay.conflist``)
+is removed once the new one is written.
 """
 from __future__ import annotations
 
@@ -40,6 +50,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cni.datapath import DatapathError
+from cni.datapath.hostclean import remove_host_changes
+from cni.datapath.hostrecord import RecordError
 from cni.spec import DEFAULT_SOCKET, PLUGIN_TYPE
 from ipam_daemon.client import AgentClient
 
@@ -58,8 +71,11 @@ class HostPaths:
     root: Path
     bin_dir: str = "/opt/cni/bin"
     netd_dir: str = "/etc/cni/net.d"
-    conflist_name: str = "10-underlay.conflist"
+    conflist_name: str = "05-underlay.conflist"
     manifest: str = "/var/lib/underlay/installed.json"
+    host_record: str = "/var/lib/underlay/host-network.json"  # the agent's (hostrecord)
+    state_files: tuple[str, ...] = tuple(f"/var/lib/underlay/ipam.db{end}"
+                                         for end in ("", "-wal", "-shm"))
 
     def on_host(self, host_path: str) -> Path:
         """``/opt/cni/bin`` -> ``<root>/opt/cni/bin``; refuses paths that leave the root."""
@@ -233,6 +249,8 @@ def install_conflist(paths: HostPaths, data: bytes, manifest: dict) -> bool:
     host = f"{paths.netd_dir}/{paths.conflist_name}"
     changed = write_file_atomic(netd / paths.conflist_name, data, 0o644)
     manifest["files"][host] = hashlib.sha256(data).hexdigest()
+    for old in [f for f in manifest["files"] if f.endswith(".conflist") and f != host]:
+        remove_file(paths, old, manifest["files"].pop(old))  # ours, under an older name
     write_manifest(paths, manifest)
     logger.info("conflist %s %s", paths.on_host(host), "written" if changed else "unchanged")
     return changed
@@ -240,24 +258,53 @@ def install_conflist(paths: HostPaths, data: bytes, manifest: dict) -> bool:
 
 # ---- uninstall --------------------------------------------------------------------------
 
-def uninstall(paths: HostPaths) -> list[str]:
-    """Remove what the manifest lists; return the host paths removed."""
+def remove_file(paths: HostPaths, host: str, digest: str) -> bool:
+    """Remove ``host`` if it still holds what we wrote (``digest``)."""
+    path = paths.on_host(host)
+    try:
+        current = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return False
+    if current != digest:
+        logger.warning("leaving %s: changed since it was installed", path)
+        return False
+    path.unlink()
+    return True
+
+
+def check_agent_gone(socket_path: str) -> None:
+    """InstallError when the agent still answers: it would redo what uninstall undoes."""
+    client = AgentClient(socket_path, timeout=3.0)
+    try:
+        status, _ = client.get("/v1/status")
+    except (OSError, ValueError):
+        return
+    finally:
+        client.close()
+    raise InstallError(f"the agent still answers on {socket_path} (HTTP {status}): delete the"
+                       " underlay DaemonSet first (kubectl delete -k deploy/); nothing was changed")
+
+
+def uninstall(paths: HostPaths, *, agent_socket: str = DEFAULT_SOCKET,
+              force: bool = False) -> list[str]:
+    """Undo the agent's network changes, then remove what the manifest lists; return what
+    was removed (network lines first, then host paths)."""
+    check_agent_gone(agent_socket)
     manifest = read_manifest(paths)
-    removed = []
+    try:
+        removed = remove_host_changes(paths.on_host(paths.host_record), force=force)
+    except (DatapathError, RecordError) as exc:
+        raise InstallError(f"network clean-up refused: {exc}") from None
     for host, digest in sorted(manifest["files"].items()):
-        path = paths.on_host(host)
-        try:
-            current = hashlib.sha256(path.read_bytes()).hexdigest()
-        except FileNotFoundError:
-            continue
-        if current != digest:
-            logger.warning("leaving %s: changed since it was installed", path)
-            continue
-        path.unlink()
-        removed.append(host)
+        if remove_file(paths, host, digest):
+            removed.append(host)
     for host in sorted(manifest["trees"]):
         shutil.rmtree(paths.on_host(host), ignore_errors=True)
         removed.append(host)
+    for host in paths.state_files:  # the agent's state: meaningless without the agent
+        if paths.on_host(host).exists():
+            paths.on_host(host).unlink()
+            removed.append(host)
     paths.on_host(paths.manifest).unlink(missing_ok=True)
     for host in sorted(manifest["created_dirs"], key=len, reverse=True):
         try:
@@ -299,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install")
     inst.add_argument("--plugin-source", default="/opt/underlay/plugin/underlay")
-    inst.add_argument("--conflist-template", default="/etc/underlay/10-underlay.conflist")
+    inst.add_argument("--conflist-template", default="/etc/underlay/05-underlay.conflist")
     only = inst.add_mutually_exclusive_group()
     only.add_argument("--skip-conflist", action="store_true", help="the executable only")
     only.add_argument("--conflist-only", action="store_true", help="the conflist only")
@@ -307,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--wait-seconds", type=float, default=300.0)
     inst.add_argument("--stay", action="store_true",
                       help="after installing, keep running until SIGTERM (a sidecar)")
-    sub.add_parser("uninstall")
+    gone = sub.add_parser("uninstall")
+    gone.add_argument("--agent-socket", default=DEFAULT_SOCKET,
+                      help="refuse while an agent answers here")
+    gone.add_argument("--force", action="store_true",
+                      help="also remove the wiring of pods that are still running")
     return parser
 
 
@@ -324,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = HostPaths(root=root)
     try:
         if args.command == "uninstall":
-            uninstall(paths)
+            uninstall(paths, agent_socket=args.agent_socket, force=args.force)
             return 0
         if args.wait_seconds < 0:
             raise InstallError(f"--wait-seconds {args.wait_seconds:g} must be >= 0")

@@ -1,12 +1,13 @@
 """Between the agent and :mod:`ipam_daemon.kube`: identity and per-node configuration at
-boot, pod GC through the agent's one release path, Warning events on attach failures and on
+boot, edits of the ConfigMaps followed at run time (:mod:`ipam_daemon.config_follower`),
+pod GC through the agent's one release path, Warning events on attach failures and on
 pool trouble, the node's IP condition and annotations, cordon, and (vpc-route mode) the
 deletion of other Nodes.
 
 Nothing here blocks an attach: events and status go through the kube module's queues, and
 the figures are read by this module's own thread (``kube-bridge``), once a second.
 
-    bridge = KubeBridge(config)          # config.kubernetes != "off"
+    bridge = KubeBridge(config, env=os.environ)   # config.kubernetes != "off"
     config = bridge.start(stop)          # bounded wait; the merged, validated configuration
     agent = Agent(config, observer=bridge)   # the agent calls bridge.bind(agent) and stop()
 """
@@ -15,12 +16,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from cni.spec import CniError, Code
 
 from ipam_daemon.config import AgentConfig, ConfigError, parse_config
+from ipam_daemon.config_follower import ConfigFollower, base_config_of
 from ipam_daemon.kube import IPStatus, KubeIntegration, KubeSettings, NodeIdentity, Reason
+from ipam_daemon.kube.client import KubeError
+from ipam_daemon.kube.identity import IdentityError
 from ipam_daemon.kube.watcher import Watcher
 
 if TYPE_CHECKING:
@@ -35,6 +40,7 @@ REASON_BY_CODE = {
     Code.CLOUD_PERMISSION_DENIED: Reason.CLOUD_PERMISSION_DENIED,
     Code.TRY_AGAIN_LATER: Reason.AGENT_NOT_READY,
 }
+IDENTITY_RETRY = 5.0  # seconds between identity attempts while no instance id is known
 PUBLISH_EVERY = 1.0  # seconds between reads of the pool's figures (the module rate-limits)
 
 
@@ -47,11 +53,6 @@ def kube_settings(config: AgentConfig) -> KubeSettings:
                         gc_grace_seconds=config.kube_gc_grace, gc_interval=config.kube_gc_interval,
                         event_interval=config.kube_event_interval,
                         status_min_interval=config.kube_status_interval, **source)
-
-
-def base_config_of(config: AgentConfig) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(config).items()}
 
 
 def pool_message(summary: dict) -> str:
@@ -80,8 +81,10 @@ def ip_status_of(summary: dict, route_problem: str = "") -> IPStatus:
 
 
 class KubeBridge:
-    def __init__(self, config: AgentConfig, *, integration: KubeIntegration | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, env: Mapping[str, str] | None = None,
+                 integration: KubeIntegration | None = None) -> None:
         self.config = config
+        self.follower = ConfigFollower(config, env or {})
         self.agent: Agent | None = None
         self._identity_changed = threading.Event()
         self._stop = threading.Event()
@@ -91,7 +94,9 @@ class KubeBridge:
         self.kube = integration or KubeIntegration(
             kube_settings(config), base_config_of(config),
             list_allocations=self._allocation_rows, release=self._release,
-            on_identity=self._identity_seen, on_cordon=self._cordon)
+            on_identity=self._identity_seen, on_cordon=self._cordon,
+            on_config_map=self.follower.on_event)
+        self.follower.kube = self.kube
 
     # ---- boot -----------------------------------------------------------------------------
 
@@ -100,15 +105,30 @@ class KubeBridge:
         (no providerID yet and none configured) wait for the catch-up, until ``stop``."""
         identity = self.kube.start()
         while not identity.instance_id:
-            logger.warning("node %s: no instance id yet (no spec.providerID, no instance_id in"
-                           " the configuration); waiting for the API server", identity.node_name)
-            self._identity_changed.wait(5.0)
+            logger.warning("node %s: waiting for an instance id, asking again in %gs: %s",
+                           identity.node_name, IDENTITY_RETRY,
+                           identity.problem or "no spec.providerID and no instance_id")
+            self._identity_changed.wait(IDENTITY_RETRY)
             self._identity_changed.clear()
             if stop.is_set():
                 return self.config
-            identity = self.kube.identity or identity
+            identity = self._identity_again(identity)
         self.config = self._config_of(identity) or self.config
         return self.config
+
+    def _identity_again(self, last: NodeIdentity) -> NodeIdentity:
+        """The catch-up's identity if it found one, else one more resolution (the Node may
+        have got its providerID, the metadata service may answer now)."""
+        if self.kube.identity is not None and self.kube.identity.instance_id:
+            return self.kube.identity
+        try:
+            fresh = self.kube.resolve_now()
+        except IdentityError as exc:
+            return dataclasses.replace(last, problem=str(exc))
+        except KubeError as exc:
+            return dataclasses.replace(last, problem=f"the API server failed: {exc}")
+        self.kube.adopt(fresh)
+        return fresh
 
     def _config_of(self, identity: NodeIdentity) -> AgentConfig | None:
         try:
@@ -179,14 +199,15 @@ class KubeBridge:
             return
         fresh = self._config_of(identity)
         if fresh is not None and fresh != self.config:
-            self.agent.apply_config(fresh)
-            self.config = fresh
+            self.follower.report(self.agent.apply_config(fresh))
+            self.config = self.agent.config
 
     # ---- figures -> condition, annotations, Node events -----------------------------------
 
     def _run(self) -> None:
         while not self._stop.wait(PUBLISH_EVERY):
             try:
+                self.follower.retry_pending()
                 self.publish_once()
             except Exception:  # the loop outlives a bug in one pass
                 logger.exception("kube bridge: publishing the pool's figures failed")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import platform
 import signal
 import sys
 import threading
 
 from ipam_daemon.agent import Agent
 from ipam_daemon.config import ConfigError, load_config
+from ipam_daemon.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +23,7 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="underlay-agent", description=__doc__)
     parser.add_argument("--config", help="JSON configuration file (UNDERLAY_<KEY> overrides)")
+    parser.add_argument("--version", action="version", version=f"underlay {VERSION}")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logger.info("underlay-agent %s starting (python %s)", VERSION, platform.python_version())
     stop = threading.Event()
     agent: Agent | None = None
 
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         from ipam_daemon.kube_bridge import KubeBridge
 
         try:
-            bridge = KubeBridge(config)
+            bridge = KubeBridge(config, env=os.environ)
         except ValueError as exc:
             logger.error("kubernetes: %s", exc)
             return 2

@@ -163,8 +163,11 @@ class Pool:
 
     def reconcile(self) -> None:
         report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.datapath,
-                                self.config.mtu, clock=self._clock)
+                                self.config.mtu, clock=self._clock,
+                                cooldown=self.config.cooldown_seconds)
         self._next_reconcile = self._monotonic() + self.config.reconcile_interval
+        if self.metrics:
+            self.metrics.reconciled()
         logger.info("reconciled: %d ENIs, %d addresses, adopted %s, lost %s", report.enis,
                     report.addresses, list(report.adopted), list(report.lost))
         self._notify()

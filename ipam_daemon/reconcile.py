@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cloud.api import Cloud
+from cloud.errors import CloudError
+from cloud.imds import read_instance_identity
 from cloud.types import TAG_CLUSTER, Eni, Instance, InstanceId, InstanceLimits, Subnet, SubnetId
 from cni.datapath import EniLink
 
@@ -27,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Node:
-    """The node as the cloud sees it. Kubernetes (providerID) will supply ``instance_id``
-    and per-node overrides later; until then both come from the configuration."""
+    """The node as the cloud sees it: the instance named by the configuration (with
+    Kubernetes on, the Node's providerID put it there), else by the instance metadata
+    service."""
 
     name: str
     cluster: str
@@ -46,11 +49,24 @@ class ReconcileReport:
     lost: tuple[str, ...] = field(default=())
 
 
+def instance_id_of(config: AgentConfig) -> str:
+    """The configured instance id, else the instance metadata service's; ValueError naming
+    both sources when neither has one (with Kubernetes on, the Node's providerID came
+    first: see ``ipam_daemon.kube.identity``)."""
+    if config.instance_id:
+        return config.instance_id
+    tried = "no instance id: (1) instance_id is not configured (nor UNDERLAY_INSTANCE_ID)"
+    if not config.imds_endpoint:
+        raise ValueError(f"{tried}; (2) the instance metadata service is off (imds_endpoint"
+                         " is empty)")
+    try:
+        return read_instance_identity(config.imds_endpoint).instance_id
+    except (CloudError, ValueError) as exc:
+        raise ValueError(f"{tried}; (2) {exc}") from None
+
+
 def discover_node(cloud: Cloud, config: AgentConfig) -> Node:
-    if not config.instance_id:
-        raise ValueError("instance_id: required (set it in the configuration or"
-                         " UNDERLAY_INSTANCE_ID; Kubernetes node identity is not wired yet)")
-    instance = cloud.describe_instance(InstanceId(config.instance_id))
+    instance = cloud.describe_instance(InstanceId(instance_id_of(config)))
     limits = cloud.instance_limits(instance.instance_type)
     subnets = tuple(SubnetId(s) for s in config.subnets) or (instance.subnet_id,)
     groups = tuple(config.security_groups) or tuple(instance.security_groups)
@@ -107,8 +123,10 @@ def eni_link(record: EniRecord, mtu: int) -> EniLink:
 
 
 def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
-                   datapath: Datapath, mtu: int, *, clock=time.time) -> ReconcileReport:
-    """Make the store hold exactly what the cloud says our attached ENIs hold."""
+                   datapath: Datapath, mtu: int, *, clock=time.time,
+                   cooldown: float = 0.0) -> ReconcileReport:
+    """Make the store hold exactly what the cloud says our attached ENIs hold, and keep
+    addresses that another plugin's pods route on this node out of the pool."""
     known = {e.id: e for e in store.enis()}
     attached = [e for e in cloud.list_enis(node.instance.id) if is_ours(e, node)]
     now = clock()
@@ -122,10 +140,28 @@ def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
     adopted = tuple(r.id for r, _ in view if r.id not in known)
     for record, _ in view:
         datapath.ensure_eni(eni_link(record, mtu))
+    hold_foreign_addresses(store, datapath, {ip for _, ips in view for ip in ips}, cooldown)
     if adopted:
         logger.info("reconcile: adopted ENIs %s", ", ".join(adopted))
     return ReconcileReport(len(view), sum(len(ips) for _, ips in view), adopted,
                            tuple(a.ip for a in lost))
+
+
+def hold_foreign_addresses(store: Store, datapath: Datapath, ours: set[str],
+                           cooldown: float) -> None:
+    """Moving a node over from another plugin (the AWS VPC CNI): its pods keep running on
+    secondary addresses of the primary ENI until they are recreated. An address of our
+    ENIs that the kernel routes to a pod link that is not ours is held, not borrowable;
+    once its route is gone (the pod was deleted) it is released into the pool."""
+    used = datapath.addresses_routed_elsewhere() & ours
+    held = store.hold_foreign(used)
+    freed = store.release_foreign(used, cooldown)
+    if held:
+        logger.warning("addresses %s are routed to pods of another CNI plugin on this node: held"
+                       " until those pods are gone", ", ".join(held))
+    if freed:
+        logger.info("addresses %s are no longer used by another plugin's pods: released",
+                    ", ".join(freed))
 
 
 def collect_leaked_enis(cloud: Cloud, cluster: str, older_than: float) -> list[str]:

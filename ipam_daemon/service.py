@@ -24,7 +24,7 @@ from ipam_daemon.config import AgentConfig
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.pool import Pool
 from ipam_daemon.reconcile import eni_link
-from ipam_daemon.store import Allocation, AllocationKey, PodInfo, Store
+from ipam_daemon.store import FOREIGN_NETWORK, Allocation, AllocationKey, PodInfo, Store
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class Service:
     def allocation_rows(self) -> list[tuple[AllocationKey, str, str, str, str]]:
         """(key, pod namespace, pod name, pod uid, netns) of every allocation."""
         return [(a.key, a.pod.namespace, a.pod.name, a.pod.uid, a.pod.netns)
-                for a in self.store.allocations()]
+                for a in self.store.allocations() if a.key.network != FOREIGN_NETWORK]
 
     def check(self, call: CheckCall) -> None:
         allocation = self.store.get_allocation(call.key)

@@ -30,6 +30,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 FREE, ASSIGNED, COOLING, RELEASING = "free", "assigned", "cooling", "releasing"
+# the network of placeholder allocations for addresses another plugin's pods use
+FOREIGN_NETWORK = "underlay.io/other-plugin"
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,40 @@ class Store:
                         lost += self._drop_address(db, ip)
                     db.execute("DELETE FROM enis WHERE id = ?", (eni_id,))
         return lost
+
+    # ---- addresses another CNI plugin's pods use (migration onto underlay) -----------------
+
+    def hold_foreign(self, ips: Iterable[str]) -> list[str]:
+        """Addresses of our ENIs that pods of another plugin still use on this node (the AWS
+        VPC CNI's, while a node moves over) become assigned to a placeholder allocation of
+        network :data:`FOREIGN_NETWORK`, so no borrow hands them out; returns those held now."""
+        now = self._clock()
+        held = []
+        with self._tx() as db:
+            for ip in sorted(set(ips)):
+                row = db.execute("SELECT eni_id FROM addresses WHERE ip = ? AND (state = 'free'"
+                                 " OR state = 'cooling')", (ip,)).fetchone()
+                taken = db.execute("SELECT 1 FROM allocations WHERE ip = ? AND lost = 0",
+                                   (ip,)).fetchone()
+                if row is None or taken is not None:
+                    continue
+                db.execute("UPDATE addresses SET state = 'assigned', cooldown_until = 0"
+                           " WHERE ip = ?", (ip,))
+                db.execute("INSERT INTO allocations (network, container_id, ifname, ip, eni_id,"
+                           " created_at) VALUES (?, ?, '-', ?, ?, ?)",
+                           (FOREIGN_NETWORK, f"route:{ip}", ip, row[0], now))
+                held.append(ip)
+        return held
+
+    def release_foreign(self, still_used: Iterable[str], cooldown: float) -> list[str]:
+        """Placeholder allocations whose address the other plugin no longer uses go back to
+        the pool (cooling, as any released address); returns their addresses."""
+        used = set(still_used)
+        freed = []
+        for allocation in self.allocations(FOREIGN_NETWORK):
+            if allocation.ip not in used and self.release(allocation.key, cooldown) is not None:
+                freed.append(allocation.ip)
+        return freed
 
     def _drop_address(self, db: sqlite3.Connection, ip: str) -> list[Allocation]:
         db.execute("DELETE FROM addresses WHERE ip = ?", (ip,))

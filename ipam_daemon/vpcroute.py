@@ -120,6 +120,8 @@ class RoutePool:
     def reconcile(self) -> None:
         self._fill_store()
         self.sync_routes(sweep=True)
+        if self.metrics:
+            self.metrics.reconciled()
         with self._changed:
             self._changed.notify_all()
 

@@ -288,7 +288,7 @@ def install_underlay(runtime: NodeRuntime, agent_socket: str, *, wait_seconds: f
     from cni.conflist import ConflistOptions, render_conflist_json
 
     runtime.prepare()
-    template = runtime.dir / "10-underlay.conflist.template"
+    template = runtime.dir / "underlay.conflist.template"
     template.write_text(render_conflist_json(ConflistOptions(
         socket=agent_socket, portmap=portmap, bandwidth=bandwidth)))
     proc = subprocess.run(

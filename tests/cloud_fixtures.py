@@ -89,7 +89,7 @@ def calls() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def cloud(emulator: EmulatedCloud, control, calls) -> Iterator[Ec2Cloud]:
-    adapter = make_cloud(emulator, on_call=lambda action, outcome: calls.append((action, outcome)))
+    adapter = make_cloud(emulator, on_call=lambda action, outcome, _seconds: calls.append((action, outcome)))
     try:
         yield adapter
     finally:

@@ -24,7 +24,7 @@ def agent(emulator, tmp_path, monkeypatch):
         cluster=world.cluster, instance_id=world.instances[0].instance_id,
         region=emulator.region, cloud_endpoint=emulator.endpoint, warm_ips=2,
         socket_path=str(tmp_path / "run" / "agent.sock"),
-        state_path=str(tmp_path / "ipam.db"), status_port=0), {})
+        state_path=str(tmp_path / "ipam.db"), status_port=0, metrics_port=0), {})
     running = Agent(config)
     try:
         running.start()

@@ -41,13 +41,12 @@ def test_faults_spare_the_warm_pool_and_the_pool_recovers(emulator, control, sta
     status, body = agent.attach("starved")
     assert body["code"] == Code.CLOUD_THROTTLED and "throttled" in body["msg"], body
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{agent.status_port}/metrics",
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics",
                                 timeout=5) as reply:
         metrics = reply.read().decode()
-    assert 'underlay_cloud_errors_total{action="AssignPrivateIpAddresses",code="RequestLimitExceeded"}' \
-        in metrics
-    assert 'underlay_cloud_errors_total{action="AssignPrivateIpAddresses",code="InternalError"}' \
-        in metrics
+    for outcome in ("RequestLimitExceeded", "InternalError"):
+        assert ('underlay_ec2_request_duration_seconds_count{action="AssignPrivateIpAddresses",'
+                f'outcome="{outcome}"}}') in metrics
     counts_during = control.call_counts()
     control.clear_faults()
     wait_for(lambda: (lambda p: p["available"] >= 6 and p["blocked"] is None)(agent.pool()),

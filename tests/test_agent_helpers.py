@@ -36,7 +36,8 @@ def fast_config(**overrides) -> dict:
                 reconcile_interval=5.0, cooldown_seconds=0.3, eni_min_age=0.0,
                 borrow_wait_seconds=3.0, subnet_full_backoff=1.0, max_backoff=1.0,
                 leaked_eni_age=1.0,
-                leaked_eni_interval=1.0, cloud_timeout=5.0, log_level="INFO")
+                leaked_eni_interval=1.0, cloud_timeout=5.0, log_level="INFO",
+                imds_endpoint="")  # the root namespace never asks 169.254.169.254
     base.update(overrides)
     return base
 
@@ -73,11 +74,13 @@ class AgentProcess:
         self.workdir = workdir
         self.instance = world.instances[node]
         self.status_port = free_port()
+        self.metrics_port = free_port()
         self.config = fast_config(
             cluster=world.cluster, instance_id=self.instance.instance_id,
             node_name=self.instance.name, region=emulator.region,
             cloud_endpoint=emulator.endpoint, socket_path=str(workdir / "run" / "agent.sock"),
-            state_path=str(workdir / "state" / "ipam.db"), status_port=self.status_port)
+            state_path=str(workdir / "state" / "ipam.db"), status_port=self.status_port,
+            metrics_address="127.0.0.1", metrics_port=self.metrics_port)
         self.config.update(config)
         self.config_path = workdir / "agent.json"
         self.config_path.write_text(json.dumps(self.config))
@@ -86,9 +89,10 @@ class AgentProcess:
         self.client = AgentClient(self.config["socket_path"], timeout=30.0)
         self.starts = 0
 
-    def start(self, wait_ready: bool = True) -> None:
+    def start(self, wait_ready: bool = True, extra_env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "UNDERLAY_"))}
         env.update(CREDS)
+        env.update(extra_env or {})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([PYTHON, "-m", "ipam_daemon.main", "--config",
                                           str(self.config_path)], stdout=log, stderr=log,

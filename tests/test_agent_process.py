@@ -69,11 +69,14 @@ def test_warm_up_serve_and_shrink_back(emulator, control, start_agent):
     assert http_get(agent.status_port, "/readyz")[0] == 200
     code, raw = http_get(agent.status_port, "/v1/pool")
     assert code == 200 and json.loads(raw)["available"] == 7
-    code, metrics = http_get(agent.status_port, "/metrics")
+    assert http_get(agent.status_port, "/metrics")[0] == 404  # metrics have their listener
+    code, metrics = http_get(agent.metrics_port, "/metrics")
     text = metrics.decode()
-    assert 'underlay_cloud_calls_total{action="AssignPrivateIpAddresses"}' in text
+    assert code == 200 and http_get(agent.metrics_port, "/v1/pool")[0] == 404
+    assert 'underlay_ec2_request_duration_seconds_count{action="AssignPrivateIpAddresses",' \
+        'outcome="ok"}' in text
     assert "underlay_borrow_seconds_count 5.0" in text
-    assert "underlay_pool_available 7.0" in text
+    assert 'underlay_pool_addresses{state="available"} 7.0' in text
     assert "testing" not in text and "testing" not in agent.log_tail(10_000)  # no credentials
     assert agent.stop() == 0
     assert not os.path.exists(sock)

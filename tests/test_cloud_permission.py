@@ -50,7 +50,7 @@ def adapter(emulator, key_id: str, secret: str, calls: list) -> Ec2Cloud:
     session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret)
     return Ec2Cloud(emulator.region, endpoint_url=emulator.endpoint, retry_attempts=3,
                     retry_base_delay=0.001, retry_max_delay=0.002, session=session,
-                    on_call=lambda action, outcome: calls.append((action, outcome)))
+                    on_call=lambda action, outcome, _seconds: calls.append((action, outcome)))
 
 
 def test_a_refused_action_is_permission_denied_naming_it(emulator, control, node, enforced_iam):

@@ -99,7 +99,7 @@ def test_an_index_taken_meanwhile_moves_on_to_the_next(emulator, control, node, 
     rival = setup_client.create_network_interface(SubnetId=node.subnet_id)
     rival_id = rival["NetworkInterface"]["NetworkInterfaceId"]
 
-    def on_call(action: str, outcome: str) -> None:
+    def on_call(action: str, outcome: str, _seconds: float) -> None:
         if (action, outcome) == ("CreateNetworkInterface", "ok"):
             setup_client.attach_network_interface(
                 NetworkInterfaceId=rival_id, InstanceId=node.instance_id, DeviceIndex=1)
@@ -118,7 +118,7 @@ def test_no_index_left_after_a_collision_rolls_back(emulator, control, node, clu
     rival = setup_client.create_network_interface(SubnetId=node.subnet_id)
     rival_id = rival["NetworkInterface"]["NetworkInterfaceId"]
 
-    def on_call(action: str, outcome: str) -> None:
+    def on_call(action: str, outcome: str, _seconds: float) -> None:
         if (action, outcome) == ("CreateNetworkInterface", "ok"):
             setup_client.attach_network_interface(
                 NetworkInterfaceId=rival_id, InstanceId=node.instance_id, DeviceIndex=2)

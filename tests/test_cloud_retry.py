@@ -22,7 +22,7 @@ def lift_faults_after(control, failures: int, calls: list):
     """An on_call hook that switches the injected faults off after ``failures`` failed
     attempts: the fault is real (the emulator refuses the calls) and then goes away."""
 
-    def on_call(action: str, outcome: str) -> None:
+    def on_call(action: str, outcome: str, _seconds: float) -> None:
         calls.append((action, outcome))
         if sum(1 for _, o in calls if o != "ok") == failures:
             control.clear_faults()
@@ -43,7 +43,7 @@ def test_throttling_is_retried_until_it_lifts(emulator, control, world, calls):
 
 def test_persistent_throttling_surfaces_as_throttled(emulator, control, world, node, calls):
     control.set_faults([{"action": "AssignPrivateIpAddresses", "kind": "throttle", "rate": 1.0}])
-    cloud = make_cloud(emulator, attempts=4, on_call=lambda a, o: calls.append((a, o)))
+    cloud = make_cloud(emulator, attempts=4, on_call=lambda a, o, _s: calls.append((a, o)))
     with pytest.raises(errors.Throttled) as caught:
         cloud.assign_ips(node.primary_eni_id, 2)
     assert caught.value.code == "RequestLimitExceeded"
@@ -87,7 +87,7 @@ def test_a_call_that_hangs_times_out_and_surfaces_as_unavailable(emulator, contr
     """The emulator stalls longer than the adapter's read timeout: every attempt ends at
     the timeout, and the caller gets CloudUnavailable, not a hang."""
     control.set_faults([{"action": "DescribeSubnets", "kind": "timeout", "rate": 1.0}])
-    cloud = make_cloud(emulator, attempts=2, on_call=lambda a, o: calls.append((a, o)),
+    cloud = make_cloud(emulator, attempts=2, on_call=lambda a, o, _s: calls.append((a, o)),
                        read_timeout=SHORT_READ_TIMEOUT)
     with pytest.raises(errors.CloudUnavailable) as caught:
         cloud.describe_subnets([node.subnet_id])

@@ -26,7 +26,7 @@ class RecordingDatapath:
 
     name = "recording"
 
-    def __init__(self) -> None:
+    def __init__(self, record_path: str | None = None) -> None:
         self.calls: list[tuple[str, str, str]] = []
 
     def prepare_host(self, snat: SnatConfig | None) -> None:
@@ -48,6 +48,9 @@ class RecordingDatapath:
 
     def result_shape(self, eni: EniLink) -> ResultShape:
         return ResultShape(32, "169.254.7.7", True)
+
+    def addresses_routed_elsewhere(self) -> set[str]:
+        return set()
 
     def shutdown(self) -> None:
         self.calls.append(("shutdown", "", ""))

@@ -21,12 +21,14 @@ from cni.conflist import ConflistOptions, render_conflist
 from ipam_daemon.config import parse_config
 from ipam_daemon.installer import build_parser, check_conflist
 from ipam_daemon.kube import rbac
+from ipam_daemon.version import VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
 RESOURCE_FILES = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]  # the newest bundled
+NODE_IP = "10.0.0.10"
 
 
 def load(name: str) -> dict:
@@ -70,6 +72,12 @@ def test_kustomization_lists_every_resource_and_renders():
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    gone = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "uninstall")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert gone.returncode == 0, gone.stderr
+    images = {c["image"] for d in docs + list(yaml.safe_load_all(gone.stdout)) if d
+              and d["kind"] == "DaemonSet" for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {f"underlay:{VERSION}"}  # install and uninstall: the same image
     assert {d["kind"] for d in docs} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                                          "ConfigMap", "DaemonSet"}
     for doc in docs:
@@ -101,6 +109,8 @@ def agent_env() -> dict[str, str]:
             env[item["name"]] = item["value"]
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
             env[item["name"]] = "node-a"
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            env[item["name"]] = NODE_IP  # a hostNetwork pod's IP is the node's
     return env
 
 
@@ -108,11 +118,12 @@ def test_configmap_loads_through_the_agent_and_the_installer():
     data = load("configmap.yaml")["data"]
     config = parse_config(json.loads(data["agent.json"]), env=agent_env())
     assert config.datapath == "veth" and config.status_address == "127.0.0.1"
+    assert (config.metrics_address, config.metrics_port) == (NODE_IP, 61678)
     assert config.kubernetes == "in-cluster" and config.node_name == "node-a"
-    conflist = json.loads(data["10-underlay.conflist"])
+    conflist = json.loads(data["05-underlay.conflist"])
     assert conflist == render_conflist(ConflistOptions(socket=config.socket_path,
                                                        mtu=config.mtu, mode=config.datapath))
-    check_conflist(data["10-underlay.conflist"], "configmap.yaml")
+    check_conflist(data["05-underlay.conflist"], "configmap.yaml")
 
 
 def _containers(spec: dict) -> dict[str, dict]:
@@ -131,8 +142,17 @@ def test_daemonset_shape():
     assert spec["serviceAccountName"] == load("serviceaccount.yaml")["metadata"]["name"]
     containers = _containers(spec)
     assert [c["name"] for c in spec["initContainers"]] == ["host-sysctls", "install-plugin"]
-    for c in containers.values():
-        assert c["resources"]["requests"] and c["resources"]["limits"], c["name"]
+    assert spec["enableServiceLinks"] is False  # no UNDERLAY_* variables from Services
+    assert_resources_and_pull_policy(containers)
+    assert "cpu" not in containers["agent"]["resources"]["limits"]  # a throttled agent stalls pods
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    expressions = {e["key"]: (e["operator"], e["values"])
+                   for e in terms["nodeSelectorTerms"][0]["matchExpressions"]}
+    assert len(terms["nodeSelectorTerms"]) == 1  # terms are ORed: one term, all of these
+    assert expressions == {"kubernetes.io/os": ("In", ["linux"]),
+                           "kubernetes.io/arch": ("In", ["amd64", "arm64"]),
+                           "eks.amazonaws.com/compute-type": ("NotIn", ["fargate"]),
+                           "type": ("NotIn", ["virtual-kubelet"])}
 
     agent = containers["agent"]
     sc = agent["securityContext"]
@@ -149,10 +169,16 @@ def test_daemonset_shape():
     assert host["/run/xtables.lock"] == "/run/xtables.lock"
     assert config.socket_path.startswith("/run/underlay/")
     assert config.state_path.startswith("/var/lib/underlay/")
+    # the probes and the scrape annotation follow the metrics port of agent.json
+    ports = {p["name"]: p for p in agent["ports"]}
+    assert ports["metrics"]["containerPort"] == config.metrics_port
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        command = " ".join(agent[probe]["exec"]["command"])
-        assert f"http://127.0.0.1:{config.status_port}{path}" in command, command
+        assert agent[probe]["httpGet"] == {"path": path, "port": "metrics"}, agent[probe]
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(config.metrics_port)
+    assert annotations["prometheus.io/scrape"] == "true"
     env = {e["name"]: e for e in agent["env"]}
+    assert env["UNDERLAY_METRICS_ADDRESS"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     creds = env["AWS_SHARED_CREDENTIALS_FILE"]["value"]
     assert volumes[mounts[str(Path(creds).parent)]["name"]]["secret"]["optional"] is True
     assert mounts[str(Path(creds).parent)]["readOnly"] is True
@@ -175,6 +201,47 @@ def test_daemonset_shape():
     scripts = (REPO / "pyproject.toml").read_text()
     for command in ("underlay-install", "underlay-agent"):
         assert f'\n{command} = "' in scripts
+
+
+def assert_resources_and_pull_policy(containers: dict[str, dict]) -> None:
+    for c in containers.values():
+        assert c["imagePullPolicy"] == "IfNotPresent", c["name"]
+        assert set(c["resources"]["requests"]) == {"cpu", "memory"}, c["name"]
+        assert "memory" in c["resources"]["limits"], c["name"]
+
+
+def test_uninstall_daemonset_shape():
+    ds = load("uninstall/daemonset.yaml")
+    spec = ds["spec"]["template"]["spec"]
+    containers = _containers(spec)
+    assert_resources_and_pull_policy(containers)
+    uninstall = containers["uninstall"]
+    args = build_parser().parse_args(uninstall["command"][1:])
+    assert args.command == "uninstall" and args.host_root == "/host" and not args.force
+    mounted = {m["mountPath"] for m in uninstall["volumeMounts"]}
+    assert {"/host/opt/cni/bin", "/host/etc/cni/net.d", "/host/var/lib/underlay",
+            "/run/xtables.lock", str(Path(args.agent_socket).parent)} <= mounted
+    assert spec["hostNetwork"] is True and uninstall["securityContext"]["privileged"] is True
+    install = load("daemonset.yaml")["spec"]["template"]["spec"]["affinity"]
+    assert spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"][0] == install["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"][0]
+
+
+def test_one_image_for_install_and_uninstall_tagged_with_the_version():
+    """The README's image step edits deploy/image only; both kustomizations include it and
+    its tag is the release (pyproject's version, which the running code reports)."""
+    component = yaml.safe_load((DEPLOY / "image/kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    assert component["images"][0]["newTag"] == VERSION
+    for kustomization, ref in (("kustomization.yaml", "image"),
+                               ("uninstall/kustomization.yaml", "../image")):
+        data = yaml.safe_load((DEPLOY / kustomization).read_text())
+        assert data["components"] == [ref] and "images" not in data, kustomization
+    readme = (REPO / "README.md").read_text()
+    assert "deploy/image/kustomization.yaml" in readme
+    assert f"underlay:{VERSION}" in readme
 
 
 def _adapter_actions() -> set[str]:

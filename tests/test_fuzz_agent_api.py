@@ -97,7 +97,9 @@ def valid_body(route: str) -> dict:
 JUNK = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.booleans(),
                  st.none(), st.text(max_size=20), st.lists(st.integers(), max_size=3),
                  st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
-REQUIRED = {"/v1/attach": ("network", "container_id", "ifname", "cni_version", "netns", "mode"),
+# "mode" of an attach is optional: release 0.1.0's executable sends it, the agent's own
+# datapath setting decides
+REQUIRED = {"/v1/attach": ("network", "container_id", "ifname", "cni_version", "netns"),
             "/v1/detach": ("network", "container_id", "ifname"),
             "/v1/check": ("network", "container_id", "ifname", "cni_version", "netns"),
             "/v1/gc": ("network",)}

@@ -20,7 +20,7 @@ from test_installer_helpers import (  # noqa: F401 - fixtures
 )
 
 BIN = "opt/cni/bin"
-CONFLIST = "etc/cni/net.d/10-underlay.conflist"
+CONFLIST = "etc/cni/net.d/05-underlay.conflist"
 MANIFEST = "var/lib/underlay/installed.json"
 
 
@@ -32,7 +32,7 @@ def agent(emulator, control, start_agent):
 @pytest.mark.parametrize("populated", [False, True], ids=["empty-host", "host-with-others"])
 def test_init_container_install_rerun_uninstall(tmp_path, plugin_binary, agent, populated):
     host = make_host(tmp_path / "host", populated)
-    template = write_template(tmp_path / "10-underlay.conflist", agent.config["socket_path"])
+    template = write_template(tmp_path / "05-underlay.conflist", agent.config["socket_path"])
     before = listing(host)
     args = ("install", "--plugin-source", str(plugin_binary), "--conflist-template",
             str(template), "--agent-socket", agent.config["socket_path"], "--wait-seconds", "30")

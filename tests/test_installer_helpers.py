@@ -64,8 +64,8 @@ def make_host(root: Path, populated: bool) -> Path:
         (root / "opt/cni/bin/loopback").chmod(0o755)
         (root / "etc/cni/net.d").mkdir(parents=True)
         (root / "etc/cni/net.d/99-loopback.conf").write_text('{"type": "loopback"}\n')
-        (root / "var/lib/underlay").mkdir(parents=True)
-        (root / "var/lib/underlay/ipam.db").write_bytes(b"agent state")
+        (root / "var/lib/underlay").mkdir(parents=True)  # an operator's file beside ours
+        (root / "var/lib/underlay/README.operator").write_bytes(b"notes")
     return root
 
 

@@ -57,7 +57,7 @@ def test_add_del_through_libcni_with_an_empty_environment(node, libcni_client, m
                                                           tmp_path):
     agent, host = node
     netns = f"/run/netns/{make_netns('h9ns')}"
-    conflist = str(host / "etc/cni/net.d/10-underlay.conflist")
+    conflist = str(host / "etc/cni/net.d/05-underlay.conflist")
     env = {"CNI_PATH": str(host / "opt/cni/bin"), "LIBCNI_CACHE_DIR": str(tmp_path / "cache")}
 
     def libcni(command: str) -> subprocess.CompletedProcess:

@@ -19,13 +19,15 @@ def test_integration_uses_exactly_the_listed_permissions(apiserver, tmp_path):
     live = add_pod(apiserver, "shop", "web-0")
     rows = [("c-live", "shop", "web-0", live["metadata"]["uid"], str(tmp_path / "live")),
             ("c-dead", "shop", "web-9", "uid-gone", str(tmp_path / "dead"))]
-    released, cordons = [], []
+    released, cordons, config_maps = [], [], []
     kube = KubeIntegration(settings_for(apiserver), {"cluster": "c1"}, list_allocations=lambda: list(rows),
-                           release=lambda key: (released.append(key), rows.pop(1)), on_cordon=cordons.append)
+                           release=lambda key: (released.append(key), rows.pop(1)), on_cordon=cordons.append,
+                           on_config_map=lambda kind, cm: config_maps.append((kind, cm["metadata"]["name"])))
     try:
         identity = kube.start()
         assert identity.config["warm_ips"] == 4 and identity.source == "kubernetes"
         wait_until(lambda: released == ["c-dead"], "the dead pod's allocation released")
+        wait_until(lambda: ("ADDED", "tuned") in config_maps, "the ConfigMap watch")
         assert kube.warn_pod("shop", "web-0", live["metadata"]["uid"], Reason.SUBNET_EXHAUSTED, "0 free")
         assert kube.warn_node(Reason.ENI_LIMIT_REACHED, "3 of 3 ENIs in use")
         kube.publish_ip_status(IPStatus(capacity=9, assigned=9, warm=0, available=False))

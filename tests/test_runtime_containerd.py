@@ -121,7 +121,7 @@ def test_network_is_not_ready_until_the_agent_is_and_the_conflist_is_written(wor
         assert (ready, reason) == (False, "NetworkPluginNotReady"), (reason, message)
         assert "cni plugin not initialized" in message
         assert world.ready_after[runtime.node.name][0] is True
-        assert (runtime.conf_dir / "10-underlay.conflist").is_file()
+        assert (runtime.conf_dir / "05-underlay.conflist").is_file()
 
 
 def test_sandboxes_on_both_nodes_get_the_agents_addresses_and_reach_each_other(world, pods):

@@ -45,6 +45,7 @@ from cloud.emulator.harness_io import (
     wait_until,
     write_cni_files,
 )
+from cloud.emulator.imds import ImdsServer
 from cloud.emulator.server import EmulatedCloud
 from cloud.emulator.settings import EmulatorSettings
 from cloud.emulator.world import World, build_world
@@ -125,7 +126,8 @@ class Cluster:
                  vpc_cidr: str = "10.0.0.0/16",
                  subnet_cidrs: Sequence[str] = ("10.0.0.0/24", "10.0.1.0/24"),
                  settings: EmulatorSettings | None = None, mode: str = "veth",
-                 libcni_client: str | None = None, prefix: str | None = None) -> None:
+                 libcni_client: str | None = None, prefix: str | None = None,
+                 imds: bool = True) -> None:
         if nodes < 1:
             raise ValueError(f"a cluster needs at least one node, got nodes={nodes}")
         if mode not in DATAPATH_MODES:
@@ -148,6 +150,9 @@ class Cluster:
         self._endpoints: dict[str, str] = {}
         self._pods_lock = threading.Lock()
         self._adding: set[tuple[str, str]] = set()
+        self._imds_on_start = imds
+        self.conf_dirs: dict[str, Path] = {}  # node name -> its /etc/cni/net.d (use_conf_dir)
+        self.imds: dict[str, ImdsServer] = {}  # node name -> its metadata service
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Cluster:
@@ -173,6 +178,8 @@ class Cluster:
                 (node.workdir / "10-underlay.conflist").write_text(json.dumps(template, indent=1))
                 self._endpoints[node.name] = self.fabric.cloud_endpoint(node.instance_id)
                 self.nodes.append(node)
+                if self._imds_on_start:
+                    self.serve_imds(node)
         except BaseException:
             self.stop()
             raise
@@ -185,6 +192,8 @@ class Cluster:
         for agent in list(self.agents.values()):
             self._try(self._stop_process, agent.process)
         self.agents.clear()
+        for name in list(self.imds):
+            self._try(self.imds.pop(name).stop)
         if self.fabric is not None:
             self._try(self.fabric.stop)
             self.fabric = None
@@ -209,6 +218,21 @@ class Cluster:
             step(*args)
         except Exception:
             logger.exception("cluster teardown step %s failed", getattr(step, "__name__", step))
+
+    # -- the instance metadata service ---------------------------------------------------
+    def serve_imds(self, node_ref: int | str | Node) -> None:
+        """IMDSv2 on 169.254.169.254 inside the node's namespace (cloud.emulator.imds)."""
+        node = self.node(node_ref)
+        assert self.cloud is not None and self.fabric is not None
+        if node.name not in self.imds:
+            self.imds[node.name] = ImdsServer(node.netns, self.fabric.netns_path(node.netns),
+                                              node.instance_id, self.cloud.region,
+                                              self.cloud.snapshot)
+
+    def stop_imds(self, node_ref: int | str | Node) -> None:
+        server = self.imds.pop(self.node(node_ref).name, None)
+        if server is not None:
+            server.stop()
 
     # -- agents --------------------------------------------------------------------------
     def node(self, ref: int | str | Node) -> Node:
@@ -366,8 +390,8 @@ class Cluster:
 
     def _libcni(self, node: Node, command: str, netns: str, container_id: str, ifname: str,
                 namespace: str, name: str) -> str:
-        args = (f"K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
-                f"K8S_POD_INFRA_CONTAINER_ID={container_id}")
+        args = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+                f"K8S_POD_INFRA_CONTAINER_ID={container_id}")  # as containerd passes them
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                "CNI_PATH": f"{self.cni_bin_dir}:{REFERENCE_PLUGINS}",
                "LIBCNI_CACHE_DIR": str(node.workdir / "cni-cache")}
@@ -382,8 +406,23 @@ class Cluster:
         return proc.stdout
 
     def conflist_for(self, node: Node) -> str:
-        """The node's conflist: the shared one with the node's agent socket."""
-        return str(node.workdir / "10-underlay.conflist")
+        """The node's conflist: the shared one with the node's agent socket, or, once
+        :meth:`use_conf_dir` named a directory for the node, the file a runtime loads from
+        it: the first of its ``*.conf``/``*.conflist``/``*.json`` files in name order, as
+        libcni's ConfFiles lists them and containerd and CRI-O take them."""
+        conf_dir = self.conf_dirs.get(node.name)
+        if conf_dir is None:
+            return str(node.workdir / "10-underlay.conflist")
+        found = sorted(p.name for p in conf_dir.iterdir() if p.is_file()
+                       and p.suffix in (".conf", ".conflist", ".json"))
+        if not found:
+            raise HarnessError(f"no network configuration in {conf_dir} for {node.name}")
+        return str(conf_dir / found[0])
+
+    def use_conf_dir(self, node_ref: int | str | Node, conf_dir: Path) -> None:
+        """Pods of the node are added and deleted with the first conflist of ``conf_dir``
+        at that moment (like /etc/cni/net.d on a real node)."""
+        self.conf_dirs[self.node(node_ref).name] = Path(conf_dir)
 
     # -- commands ------------------------------------------------------------------------
     def exec_in(self, target: Node | Pod | str, cmd: Sequence[str], *, check: bool = True,

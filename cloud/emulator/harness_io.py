@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ LIBCNI_SRC = REPO / "tests" / "libcni"
 LIBCNI_BIN = LIBCNI_SRC / "bin" / "libcni-client"
 SHIM_SRC = REPO / "cni" / "shim"
 SHIM_BIN = REPO / "build" / "underlay"  # what `make shim` builds
+PYPROJECT = REPO / "pyproject.toml"  # the version string's one home
 GOPATH = "/usr/share/gocode"  # Debian's golang-github-appc-cni-dev
 AGENT_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_EC2_METADATA_DISABLED": "true"}
@@ -41,14 +43,15 @@ _shim_lock = threading.Lock()
 
 
 def build_shim(out: Path = SHIM_BIN) -> str:
-    """The host CNI executable, built with ``cni/shim/build.sh`` when it is missing or
-    older than its sources."""
+    """The host CNI executable, built with ``cni/shim/build.sh`` and pyproject's version
+    (as the Makefile does) when it is missing or older than its sources."""
     with _shim_lock:
-        sources = [p for p in SHIM_SRC.iterdir() if p.is_file()]
+        sources = [p for p in SHIM_SRC.iterdir() if p.is_file()] + [PYPROJECT]
         if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
             return str(out)
-        proc = subprocess.run([str(SHIM_SRC / "build.sh"), str(out)], capture_output=True,
-                              text=True, timeout=600, check=False)
+        version = tomllib.loads(PYPROJECT.read_text())["project"]["version"]
+        proc = subprocess.run([str(SHIM_SRC / "build.sh"), str(out), version],
+                              capture_output=True, text=True, timeout=600, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"building the host CNI executable failed:\n{proc.stderr}")
         return str(out)

@@ -49,11 +49,11 @@ def _quiet_handler(base: type) -> type:
     return QuietHandler
 
 
-def _listening_socket(port: int) -> socket.socket:
+def _listening_socket(port: int, address: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
+        sock.bind((address, port))
         sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
@@ -153,16 +153,7 @@ class EmulatedCloud:
             return self._netns_endpoints[netns_path]
         if not os.path.exists(netns_path):
             raise FileNotFoundError(f"network namespace {netns_path} does not exist")
-        made: dict[str, Any] = {}
-        thread = threading.Thread(target=_open_socket_in_netns,
-                                  args=(netns_path, self.port, made), daemon=True)
-        thread.start()
-        thread.join(timeout=10)
-        if "error" in made:
-            raise OSError(f"cannot listen in {netns_path}: {made['error']}")
-        if "socket" not in made:
-            raise TimeoutError(f"opening a socket in {netns_path} did not finish")
-        self._serve_socket(made["socket"])
+        self._serve_socket(open_socket_in_netns(netns_path, self.port))
         self._netns_endpoints[netns_path] = self.endpoint
         logger.info("emulated EC2 also serving inside %s", netns_path)
         return self.endpoint
@@ -186,7 +177,23 @@ class EmulatedCloud:
         self.stop()
 
 
-def _open_socket_in_netns(netns_path: str, port: int, out: dict[str, Any]) -> None:
+def open_socket_in_netns(netns_path: str, port: int, address: str = "127.0.0.1") -> socket.socket:
+    """A listening TCP socket on ``address:port`` inside the namespace at ``netns_path``
+    (its loopback brought up), made by a short-lived thread that alone enters it."""
+    made: dict[str, Any] = {}
+    thread = threading.Thread(target=_open_socket_in_netns,
+                              args=(netns_path, port, made, address), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if "error" in made:
+        raise OSError(f"cannot listen on {address}:{port} in {netns_path}: {made['error']}")
+    if "socket" not in made:
+        raise TimeoutError(f"opening a socket in {netns_path} did not finish")
+    return made["socket"]
+
+
+def _open_socket_in_netns(netns_path: str, port: int, out: dict[str, Any],
+                          address: str = "127.0.0.1") -> None:
     """Runs in its own short-lived thread: only this thread enters the namespace."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -198,7 +205,7 @@ def _open_socket_in_netns(netns_path: str, port: int, out: dict[str, Any]) -> No
         finally:
             os.close(fd)
         _bring_loopback_up()
-        out["socket"] = _listening_socket(port)
+        out["socket"] = _listening_socket(port, address)
     except Exception as exc:  # reported to the caller
         out["error"] = exc
 

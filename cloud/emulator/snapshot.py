@@ -66,6 +66,7 @@ def describe_eni(eni: Any, tags: dict[str, str]) -> dict[str, Any]:
         "primary_ip": eni.private_ip_address,
         "ips": eni_addresses(eni),
         "source_dest_check": bool(eni.source_dest_check),
+        "security_groups": sorted(g.id for g in eni.group_set),
         "tags": dict(tags),
     }
 

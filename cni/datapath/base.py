@@ -12,7 +12,11 @@ A mode is one module holding a class that follows the protocol, plus one line in
     teardown(pod)          idempotent; a missing netns, link, route or rule is fine
     check(pod) -> [str]    what is missing or wrong, [] when the pod is wired
     result_shape(eni)      how the CNI result describes a pod of this mode
+    addresses_routed_elsewhere()  addresses the node routes to another plugin's pods
     shutdown()             at agent stop; pods keep their wiring
+
+A mode is built with ``record_path``: where to note what it changes on the node, so that
+``underlay-install uninstall`` can put it back (``cni.datapath.hostrecord``; None: nowhere).
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class Datapath(Protocol):
     def teardown(self, pod: PodSpec) -> None: ...
     def check(self, pod: PodSpec) -> list[str]: ...
     def result_shape(self, eni: EniLink) -> ResultShape: ...
+    def addresses_routed_elsewhere(self) -> set[str]: ...
     def shutdown(self) -> None: ...
 
 
@@ -79,19 +84,31 @@ class KernelDatapath:
 
     name = "kernel"
 
+    def __init__(self, record_path: str | None = None) -> None:
+        from cni.datapath.hostrecord import HostRecord
+
+        self.record = HostRecord(record_path)  # what we change on the node, for uninstall
+
     def prepare_host(self, snat: SnatConfig | None) -> None:
         from cni.datapath.eni import ensure_host_sysctls
         from cni.datapath.snat import ensure_snat
 
-        ensure_host_sysctls()
+        ensure_host_sysctls(self.record)
         if snat is not None:
+            if snat.enabled:
+                self.record.note_snat()
             ensure_snat(snat)  # enabled=False removes ours
 
     def ensure_eni(self, eni: EniLink) -> None:
         from cni.datapath.eni import ensure_eni
 
-        name = ensure_eni(eni)
+        name = ensure_eni(eni, record=self.record)
         logger.info("ENI %s (device %d) is link %s", eni.mac, eni.device_index, name)
+
+    def addresses_routed_elsewhere(self) -> set[str]:
+        from cni.datapath.eni import list_foreign_pod_addresses
+
+        return set(list_foreign_pod_addresses())
 
     def result_shape(self, eni: EniLink) -> ResultShape:
         """Routed modes: a /32 behind the link-local gateway, host end reported."""
@@ -106,6 +123,9 @@ class NoDatapath:
     alone (the agent may then run in the root namespace, as in tests)."""
 
     name = "none"
+
+    def __init__(self, record_path: str | None = None) -> None:
+        return None  # changes nothing on the node: nothing to record
 
     def prepare_host(self, snat: SnatConfig | None) -> None:
         logger.info("datapath none: IPAM only, no host changes")
@@ -124,6 +144,9 @@ class NoDatapath:
 
     def result_shape(self, eni: EniLink) -> ResultShape:
         return ResultShape(32, LINK_LOCAL_GW, False)
+
+    def addresses_routed_elsewhere(self) -> set[str]:
+        return set()
 
     def shutdown(self) -> None:
         return None

@@ -19,11 +19,13 @@ import time
 from typing import Any
 
 from cni.datapath import DatapathError, EniLink
+from cni.datapath.hostrecord import HostRecord
 
 logger = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
 SCOPE_LINK = 253
+IFF_UP = 0x1
 DEFAULT_LINK_WAIT = 15.0  # seconds; AWS documents up to ~10 s until an attached ENI is usable
 _POLL = 0.1
 
@@ -87,13 +89,17 @@ def wait_for_link(ipr: Any, mac: str, timeout: float, stop: threading.Event | No
             raise DatapathError(f"stopped while waiting for the link with MAC {mac}")
 
 
-def write_sysctl(name: str, value: str) -> None:
-    """Write /proc/sys/<name> (dots as separators) in the calling thread's namespace."""
+def write_sysctl(name: str, value: str, record: HostRecord | None = None) -> None:
+    """Write /proc/sys/<name> (dots as separators) in the calling thread's namespace; the
+    value before is noted in ``record`` first (the uninstall restores it)."""
     path = "/proc/sys/" + name.replace(".", "/")
     try:
         with open(path) as f:
-            if f.read().strip() == value:
-                return
+            before = f.read().strip()
+        if before == value:
+            return
+        if record is not None:
+            record.note_sysctl(name, before)
         with open(path, "w") as f:
             f.write(value)
     except OSError as exc:
@@ -101,9 +107,9 @@ def write_sysctl(name: str, value: str) -> None:
     logger.info("sysctl %s=%s", name, value)
 
 
-def ensure_host_sysctls() -> None:
+def ensure_host_sysctls(record: HostRecord | None = None) -> None:
     # The node routes between pod veths and ENI links: without forwarding nothing leaves a pod.
-    write_sysctl("net.ipv4.ip_forward", "1")
+    write_sysctl("net.ipv4.ip_forward", "1", record)
     # Per-ENI settings (rp_filter loose) are applied by ensure_eni because the ENI link
     # names are only known there. proxy_arp is deliberately NOT enabled: in veth mode each
     # pod has a permanent neighbour entry for 169.254.1.1 pointing at the host veth MAC, so
@@ -137,8 +143,9 @@ def _replace_table_routes(ipr: Any, eni: EniLink, index: int) -> None:
 
 
 def ensure_eni(eni: EniLink, *, timeout: float = DEFAULT_LINK_WAIT,
-               stop: threading.Event | None = None) -> str:
-    """Bring the ENI's link up and own its route table; returns the link name."""
+               stop: threading.Event | None = None, record: HostRecord | None = None) -> str:
+    """Bring the ENI's link up and own its route table; returns the link name. What it is
+    about to change (link state and MTU, rp_filter, the table) is noted in ``record``."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -147,6 +154,9 @@ def ensure_eni(eni: EniLink, *, timeout: float = DEFAULT_LINK_WAIT,
         link = wait_for_link(ipr, eni.mac, timeout, stop)
         index, name = link["index"], link.get_attr("IFLA_IFNAME")
         try:
+            if record is not None:
+                record.note_link(eni.mac, bool(link["flags"] & IFF_UP), link.get_attr("IFLA_MTU"))
+                record.note_table(eni.table)
             if link.get_attr("IFLA_MTU") != eni.mtu:
                 ipr.link("set", index=index, mtu=eni.mtu)
             ipr.link("set", index=index, state="up")
@@ -155,7 +165,7 @@ def ensure_eni(eni: EniLink, *, timeout: float = DEFAULT_LINK_WAIT,
             # ENI's table, so a strict check (which looks up the route back to the sender
             # as if the pod had sent it) would drop them. The kernel uses
             # max(conf.all, conf.<link>), so setting the link alone is enough.
-            write_sysctl(f"net.ipv4.conf.{name}.rp_filter", "2")
+            write_sysctl(f"net.ipv4.conf.{name}.rp_filter", "2", record)
             _replace_table_routes(ipr, eni, index)
         except NetlinkError as exc:
             raise DatapathError(f"configuring ENI link {name} ({eni.mac}, table {eni.table}) "
@@ -172,3 +182,21 @@ def link_name_for_mac(mac: str) -> str | None:
     with IPRoute() as ipr:
         link = find_link_by_mac(ipr, mac)
         return link.get_attr("IFLA_IFNAME") if link is not None else None
+
+
+def list_foreign_pod_addresses() -> set[str]:
+    """Addresses routed as /32 in the main table to a link that is not one of our pod
+    veths: pods of another CNI plugin on this node (the AWS VPC CNI's ``eni*`` veths, the
+    reference ptp plugin's ``veth*``), which keep running while a node moves to underlay."""
+    from pyroute2 import IPRoute
+
+    from cni.datapath import HOST_VETH_PREFIX
+    from cni.datapath.veth import REAPED_PREFIX
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
+        return {route.get_attr("RTA_DST") for route in ipr.get_routes(family=2, table=MAIN_TABLE)
+                if route.get_attr("RTA_TABLE") == MAIN_TABLE and route["dst_len"] == 32
+                and route.get_attr("RTA_OIF") in names  # scope link (aws-cni) or host (ptp)
+                and not names[route.get_attr("RTA_OIF")].startswith((HOST_VETH_PREFIX,
+                                                                     REAPED_PREFIX))}

@@ -355,7 +355,8 @@ class VethDatapath(KernelDatapath):
 
     name = "veth"
 
-    def __init__(self) -> None:
+    def __init__(self, record_path: str | None = None) -> None:
+        super().__init__(record_path)
         self._reaper: LinkReaper | None = None
 
     def prepare_host(self, snat: SnatConfig | None) -> None:

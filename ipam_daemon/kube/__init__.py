@@ -11,6 +11,8 @@ Wiring (the integrator's part)::
         release=release_allocation,    # (key) -> None: the same path CNI GC uses
         on_identity=apply_identity,    # (NodeIdentity) -> None: a later catch-up changed it
         on_cordon=pool.set_cordoned,   # (bool) -> None: stop growing while cordoned
+        on_config_map=config_changed,  # (kind, ConfigMap) -> None: one in the override
+                                       # namespace was added, changed or deleted
     )
     identity = kube.start()   # bounded wait (settings.boot_wait_seconds), never raises on an
                               # unreachable API server: identity.source == "configuration"
@@ -27,6 +29,7 @@ build this object. Permissions used: :mod:`ipam_daemon.kube.rbac`.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any, Callable, Iterable, Mapping
@@ -37,6 +40,7 @@ from .identity import (IdentityError, NodeIdentity, Validator, default_validator
                        resolve_identity_within)
 from .nodestatus import CordonWatcher, IPStatus, NodeStatusPublisher
 from .podgc import PodGarbageCollector
+from .watcher import Watcher
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class KubeIntegration:
                  list_allocations: Callable[[], Iterable[tuple]], release: Callable[[Any], Any],
                  on_identity: Callable[[NodeIdentity], None] | None = None,
                  on_cordon: Callable[[bool], None] | None = None,
+                 on_config_map: Callable[[str, dict], None] | None = None,
                  validate: Validator = default_validator,
                  netns_check: Callable[[str], bool] | None = None) -> None:
         self.settings = settings.validate()
@@ -69,6 +74,12 @@ class KubeIntegration:
         self.gc = PodGarbageCollector(self.api, node, list_allocations, release,
                                       grace=settings.gc_grace_seconds, interval=settings.gc_interval, **gc_kwargs)
         self.cordon = CordonWatcher(self.api, node, self._cordon_changed, on_node=self._node_seen)
+        self.config_maps: Watcher | None = None
+        if on_config_map is not None:
+            self.config_maps = Watcher(
+                self.api, functools.partial(self.api.core.list_namespaced_config_map,
+                                            settings.override_namespace),
+                on_config_map, name="configmaps")
 
     def start(self) -> NodeIdentity:
         identity = resolve_identity_within(self.api, self.settings.node_name, self.base_config,
@@ -81,12 +92,15 @@ class KubeIntegration:
         self.status.start()
         self.gc.start()
         self.cordon.start()
+        if self.config_maps is not None:
+            self.config_maps.start()
         return identity
 
     def stop(self) -> None:
         self.stopped.set()
-        for part in (self.cordon, self.gc, self.status, self.events):
-            part.stop()
+        for part in (self.config_maps, self.cordon, self.gc, self.status, self.events):
+            if part is not None:
+                part.stop()
         self.api.api_client.close()
 
     # -- for the agent ------------------------------------------------------------
@@ -99,6 +113,9 @@ class KubeIntegration:
 
     def warn_node(self, reason: Reason, message: str) -> bool:
         return self.events.warn_node(reason, message)
+
+    def warn_config_map(self, config_map: dict, reason: Reason, message: str) -> bool:
+        return self.events.warn_config_map(config_map, reason, message)
 
     def publish_ip_status(self, status: IPStatus) -> None:
         self.status.update(status)
@@ -118,7 +135,7 @@ class KubeIntegration:
         if key == self._settled_key:
             return
         try:
-            fresh = resolve_identity(self.api, self.settings.node_name, self.base_config, self.validate)
+            fresh = self.resolve_now()
         except KubeError as exc:  # transient: try again on the next event
             logger.warning("node %s: identity catch-up failed: %s", self.settings.node_name, exc)
             return
@@ -127,6 +144,16 @@ class KubeIntegration:
             self._settled_key = key
             return
         self._settled_key = key
+        self.adopt(fresh)
+
+    def resolve_now(self) -> NodeIdentity:
+        """One resolution with the current base configuration (the Node, its override
+        ConfigMap, the instance metadata service when needed). Raises KubeError or
+        IdentityError; does not adopt the result."""
+        return resolve_identity(self.api, self.settings.node_name, self.base_config, self.validate)
+
+    def adopt(self, fresh: NodeIdentity) -> bool:
+        """Make ``fresh`` the identity; tell the agent when it or its configuration changed."""
         with self._identity_lock:
             current = self.identity
             changed = current is None or (fresh.instance_id, dict(fresh.config), fresh.override) != \
@@ -137,3 +164,4 @@ class KubeIntegration:
                         f", override {fresh.override}" if fresh.override else "")
             if self.on_identity is not None:
                 self.on_identity(fresh)
+        return changed

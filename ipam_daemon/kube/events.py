@@ -1,4 +1,5 @@
-"""Warning events on pods (an attach failed) and on the Node (pool trouble).
+"""Warning events on pods (an attach failed), on the Node (pool trouble) and on a ConfigMap
+(an edit the agent refused, or one that needs a restart to apply).
 
 Reasons come from a fixed vocabulary, so users can filter on them
 (``kubectl get events --field-selector reason=SubnetExhausted``); messages carry the
@@ -32,6 +33,11 @@ class Reason(str, enum.Enum):
     CLOUD_PERMISSION_DENIED = "CloudPermissionDenied"
     AGENT_NOT_READY = "AgentNotReady"
     ROUTE_TABLE_FULL = "RouteTableFull"  # vpc-route mode: the node's route cannot be added
+    CONFIG_REJECTED = "ConfigRejected"  # an edited ConfigMap is invalid: the old one is kept
+    CONFIG_NEEDS_RESTART = "ConfigNeedsRestart"  # changed keys apply only after a restart
+
+
+ACTIONS = {Reason.CONFIG_REJECTED: "ApplyConfig", Reason.CONFIG_NEEDS_RESTART: "ApplyConfig"}
 
 
 def reason_for_cloud_error(exc: BaseException) -> Reason | None:
@@ -75,10 +81,11 @@ def describe(reason: Reason, *, free_addresses: int | None = None, subnet: str =
 
 @dataclass(frozen=True)
 class ObjectRef:
-    kind: str  # Pod or Node
+    kind: str  # Pod, Node or ConfigMap
     namespace: str  # "" for a Node
     name: str
     uid: str = ""
+    resource_version: str = ""  # a ConfigMap's: each edit is its own event
 
 
 @dataclass(frozen=True)
@@ -96,11 +103,14 @@ def build_event(pending: PendingEvent, host: str, now: datetime.datetime) -> dic
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{ref.name}.{uuid.uuid4().hex[:16]}", "namespace": ref.namespace or "default"},
         "involvedObject": {"apiVersion": "v1", "kind": ref.kind, "name": ref.name,
-                           "namespace": ref.namespace, "uid": ref.uid},
+                           "namespace": ref.namespace, "uid": ref.uid,
+                           **({"resourceVersion": ref.resource_version}
+                              if ref.resource_version else {})},
         "reason": pending.reason.value, "message": pending.message[:1024], "type": "Warning",
         "source": {"component": COMPONENT, "host": host},
         "reportingComponent": COMPONENT, "reportingInstance": host,
-        "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": micro, "action": "AssignIP",
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": micro,
+        "action": ACTIONS.get(pending.reason, "AssignIP"),
         "count": 1,
     }
 
@@ -135,6 +145,12 @@ class EventRecorder:
 
     def warn_node(self, reason: Reason, message: str, uid: str = "") -> bool:
         return self.record(ObjectRef("Node", "", self.host, uid), reason, message)
+
+    def warn_config_map(self, config_map: dict, reason: Reason, message: str) -> bool:
+        meta = config_map.get("metadata") or {}
+        return self.record(ObjectRef("ConfigMap", meta.get("namespace", ""), meta.get("name", ""),
+                                     meta.get("uid", ""), meta.get("resourceVersion", "")),
+                           reason, f"node {self.host}: {message}")
 
     def record(self, ref: ObjectRef, reason: Reason, message: str) -> bool:
         """Queue one event; False when rate-limited or dropped (queue full)."""

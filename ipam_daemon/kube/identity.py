@@ -1,7 +1,10 @@
 """Who this node is and how it is configured, from its Node object.
 
-- The instance id comes from ``spec.providerID`` (``aws:///<zone>/<instance id>``), the
-  pod CIDR (vpc-route mode) from ``spec.podCIDR`` when the Node has one.
+- The instance id comes from ``spec.providerID`` (``aws:///<zone>/<instance id>``), else
+  from ``instance_id`` in the configuration, else from the instance metadata service
+  (IMDSv2 at ``imds_endpoint``, :mod:`cloud.imds`), as an EC2 node normally learns it.
+  With none of them the error names the sources tried. The pod CIDR (vpc-route mode) comes
+  from ``spec.podCIDR`` when the Node has one.
 - A node label (default ``underlay.io/config``) may name a ConfigMap in the agent's
   namespace; its ``config.json`` key (a JSON object; other keys are taken one by one, each
   value JSON or a plain string) is merged over the base configuration dict and validated by
@@ -18,6 +21,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+from cloud.errors import CloudError
+from cloud.imds import read_instance_identity
 
 from .client import KubeApi, KubeError, KubeNotFound
 
@@ -39,9 +45,10 @@ class NodeIdentity:
     instance_id: str
     zone: str
     config: Mapping[str, Any] = field(repr=False)
-    source: str  # "kubernetes" or "configuration" (fallback)
+    source: str  # "kubernetes", "instance metadata" or "configuration" (fallback)
     override: str = ""  # "<namespace>/<configmap>" when one was applied
     unschedulable: bool = False
+    problem: str = ""  # fallback: why the Node could not be used (names what was tried)
 
 
 def parse_provider_id(provider_id: str) -> tuple[str, str]:
@@ -93,14 +100,19 @@ def read_override_data(config_map: Obj) -> dict:
 
 
 def identity_from_node(node: Obj, base_config: Mapping[str, Any], config_map: Obj | None,
-                       validate: Validator) -> NodeIdentity:
-    """Pure: the node (and its override ConfigMap, if any) -> identity and merged config."""
+                       validate: Validator, metadata: tuple[str, str] | None = None) -> NodeIdentity:
+    """Pure: the node (and its override ConfigMap, if any) -> identity and merged config.
+    ``metadata`` is (zone, instance id) from the instance metadata service, used only when
+    the Node has no providerID and the configuration no instance_id."""
     meta, spec = node.get("metadata") or {}, node.get("spec") or {}
     name = meta.get("name", "")
+    source = "kubernetes"
     if spec.get("providerID"):
         zone, instance_id = parse_provider_id(spec["providerID"])
     elif base_config.get("instance_id"):
         zone, instance_id = "", str(base_config["instance_id"])
+    elif metadata is not None:
+        (zone, instance_id), source = metadata, "instance metadata"
     else:
         raise IdentityError(f"node {name}: no spec.providerID and no instance_id in the configuration")
     config = dict(base_config)
@@ -116,13 +128,32 @@ def identity_from_node(node: Obj, base_config: Mapping[str, Any], config_map: Ob
         validate(config)
     except ValueError as exc:
         raise IdentityError(f"node {name}: override {override or '(none)'} is invalid: {exc}") from None
-    return NodeIdentity(name, instance_id, zone, config, "kubernetes", override,
+    return NodeIdentity(name, instance_id, zone, config, source, override,
                         bool(spec.get("unschedulable")))
 
 
-def fallback_identity(node_name: str, base_config: Mapping[str, Any]) -> NodeIdentity:
+def fallback_identity(node_name: str, base_config: Mapping[str, Any], problem: str = "") -> NodeIdentity:
     return NodeIdentity(node_name, str(base_config.get("instance_id") or ""), "", dict(base_config),
-                        "configuration")
+                        "configuration", problem=problem)
+
+
+def ask_instance_metadata(node: Obj, base_config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(zone, instance id) from the instance metadata service when neither the Node nor the
+    configuration names the instance; None when one of them does. IdentityError naming both
+    sources tried when the service fails too (or ``imds_endpoint`` is empty)."""
+    name = (node.get("metadata") or {}).get("name", "")
+    if (node.get("spec") or {}).get("providerID") or base_config.get("instance_id"):
+        return None
+    tried = f"node {name}: no instance id: (1) spec.providerID of Node {name} is empty"
+    endpoint = str(base_config.get("imds_endpoint", "") or "")
+    if not endpoint:
+        raise IdentityError(f"{tried}; (2) the instance metadata service is off (imds_endpoint"
+                            " is empty) and instance_id is not configured")
+    try:
+        found = read_instance_identity(endpoint)
+    except (CloudError, ValueError) as exc:
+        raise IdentityError(f"{tried}; (2) {exc}") from None
+    return found.zone, found.instance_id
 
 
 def resolve_identity(api: KubeApi, node_name: str, base_config: Mapping[str, Any],
@@ -139,7 +170,8 @@ def resolve_identity(api: KubeApi, node_name: str, base_config: Mapping[str, Any
         except KubeNotFound:
             raise IdentityError(f"node {node_name}: label {label}={wanted} names a ConfigMap that does not "
                                 f"exist in namespace {api.settings.override_namespace}") from None
-    return identity_from_node(node, base_config, config_map, validate)
+    return identity_from_node(node, base_config, config_map, validate,
+                              ask_instance_metadata(node, base_config))
 
 
 def resolve_identity_within(api: KubeApi, node_name: str, base_config: Mapping[str, Any], wait: float,
@@ -154,7 +186,7 @@ def resolve_identity_within(api: KubeApi, node_name: str, base_config: Mapping[s
             return resolve_identity(api, node_name, base_config, validate)
         except IdentityError as exc:
             logger.error("%s; using the configuration as it is", exc)
-            return fallback_identity(node_name, base_config)
+            return fallback_identity(node_name, base_config, str(exc))
         except KubeError as exc:
             left = deadline - clock()
             if left <= 0 or stop.is_set():

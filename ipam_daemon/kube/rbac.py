@@ -2,8 +2,8 @@
 
 The deploy manifests turn :data:`RULES` into the agent's ClusterRole with nothing more, and
 a test compares it with the (verb, resource) pairs the fake API server logged for the
-agent's requests. ``configmaps get`` is only needed in ``KubeSettings.override_namespace``
-(a namespaced Role would do); the rest is cluster-scoped (Nodes) or cluster-wide (pods
+agent's requests. ``configmaps get/list/watch`` are only needed in
+``KubeSettings.override_namespace`` (a namespaced Role would do); the rest is cluster-scoped (Nodes) or cluster-wide (pods
 listed by ``spec.nodeName``, events in the pods' namespaces)."""
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ RULES: tuple[Rule, ...] = (
     Rule("", "nodes/status", ("patch",), "the UnderlayIPAvailable condition (strategic merge patch)"),
     Rule("", "pods", ("list", "watch"), "pod garbage collection (spec.nodeName=<this node>)"),
     Rule("", "configmaps", ("get",), "the per-node override named by the node label"),
+    Rule("", "configmaps", ("list", "watch"), "edits of the agent's ConfigMap and of the node's"
+         " override, applied without a restart (override namespace only)"),
     Rule("", "events", ("create",), "Warning events on pods and on the node"),
 )
 

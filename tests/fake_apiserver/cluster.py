@@ -24,12 +24,14 @@ class Kube:
     api: FakeApiServer
     urls: dict[str, str] = field(default_factory=dict)  # node name -> URL inside its netns
 
-    def register(self, node: Node) -> None:
+    def register(self, node: Node, *, provider_id: bool = True) -> None:
+        """The Node (with the providerID of its instance unless ``provider_id`` is off: the
+        agent must then find its instance another way), served inside its namespace."""
         assert self.cluster.cloud is not None
         zone = f"{self.cluster.cloud.region}a"
         self.api.create("nodes", {
             "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
-            "spec": {"providerID": f"aws:///{zone}/{node.instance_id}"},
+            "spec": {"providerID": f"aws:///{zone}/{node.instance_id}"} if provider_id else {},
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
         self.urls[node.name] = self.api.listen_in_netns(f"/run/netns/{node.netns}")
 
