@@ -42,7 +42,7 @@ demo: setup
 
 # removes what a killed harness or demo run left (namespaces, links, processes, run files)
 clean-net:
-	$(PY) -m cloud.emulator.cleanup
+	$(PY) -m lab.cleanup
 
 bench: setup
 	$(PY) -m bench.run

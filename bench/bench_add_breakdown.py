@@ -27,7 +27,7 @@ import time
 
 from bench.bench_agent_resources import write_reference_conflist
 from bench.bench_cni_latency import make_sandbox, run_rounds
-from cloud.emulator.harness import Cluster
+from lab.harness import Cluster
 from ipam_daemon.client import AgentClient
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.bench_burst import add_pods_concurrently, delete_pods_concurrently
 from bench.bench_cni_latency import make_sandbox, run_rounds
-from cloud.emulator.harness import Cluster
+from lab.harness import Cluster
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cloud.emulator.server import EmulatedCloud
-from cloud.emulator.settings import EmulatorSettings
-from cloud.emulator.world import build_world
+from lab.ec2.server import EmulatedCloud
+from lab.ec2.settings import EmulatorSettings
+from lab.ec2.world import build_world
 from ipam_daemon.client import AgentClient
 from ipam_daemon.policy import EniCounts, Kind, Limits, Targets, decide, decide_aws
 

@@ -23,7 +23,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cloud.emulator.harness import Cluster, Node, Pod
+from lab.harness import Cluster, Node, Pod
 
 logger = logging.getLogger(__name__)
 

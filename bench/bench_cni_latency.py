@@ -3,7 +3,7 @@ the reference plugins ptp + host-local, measured in the same run on the same nod
 
     .venv/bin/python -m bench.bench_cni_latency [-n 50]
 
-A one-node cluster of the emulated cloud (``cloud.emulator.harness``) runs the agent in its
+A one-node cluster of the emulated cloud (``lab.harness``) runs the agent in its
 node namespace. Each round makes a sandbox (a new pod namespace, untimed), execs
 ``libcni-client add`` then ``del`` inside the node namespace (``ip netns exec``, as a
 runtime on the node), then removes the sandbox (untimed), as a runtime does for every pod;
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from cloud.emulator.harness import REFERENCE_PLUGINS, Cluster
+from lab.harness import REFERENCE_PLUGINS, Cluster
 
 
 def percentile(samples: list[float], q: float) -> float:

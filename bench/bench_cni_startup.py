@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 
-from cloud.emulator.harness_io import build_shim
+from lab.node_io import build_shim
 
 logger = logging.getLogger(__name__)
 

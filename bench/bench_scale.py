@@ -20,7 +20,7 @@ import time
 
 from bench.bench_agent_resources import mib, read_memory_kib
 from bench.bench_burst import add_pods_concurrently
-from cloud.emulator.harness import Cluster, FAST_AGENT_CONFIG, Node
+from lab.harness import Cluster, FAST_AGENT_CONFIG, Node
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import statistics
 
 from bench.bench_agent_resources import write_reference_conflist
 from bench.bench_cni_latency import percentile, run_rounds
-from cloud.emulator.harness import Cluster
+from lab.harness import Cluster
 
 logger = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@
 lists 1.1.0 too: runtimes that know 1.1.0 pick the highest version both sides support
 (and then send STATUS and GC). The reference plugins ``portmap``, ``bandwidth`` and
 ``tuning`` may follow ``underlay`` in the chain; they receive our result as prevResult.
+There is no ``mode`` key: the agent's ``datapath`` setting alone decides how pods are wired.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.request import MAX_MTU, MIN_MTU
-from cni.spec import DEFAULT_SOCKET, MODES, PLUGIN_TYPE
+from cni.spec import DEFAULT_SOCKET, PLUGIN_TYPE
 
 DEFAULT_NAME = "underlay"
 CONFLIST_PATH = "/etc/cni/net.d/05-underlay.conflist"
@@ -27,7 +28,6 @@ _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
 class ConflistOptions:
     name: str = DEFAULT_NAME
     socket: str = DEFAULT_SOCKET
-    mode: str = "veth"
     mtu: int = 9001
     portmap: bool = True
     bandwidth: bool = True
@@ -38,15 +38,13 @@ def render_conflist(opts: ConflistOptions) -> dict[str, Any]:
     """The conflist as a dict; ``ValueError`` names the bad option."""
     if not _NAME_RE.match(opts.name):
         raise ValueError(f"conflist name {opts.name!r} is not a valid CNI network name")
-    if opts.mode not in MODES:
-        raise ValueError(f"mode {opts.mode!r} is not one of {', '.join(MODES)}")
     if not opts.socket.startswith("/"):
         raise ValueError(f"socket {opts.socket!r} must be an absolute path")
     if isinstance(opts.mtu, bool) or not isinstance(opts.mtu, int) \
             or not MIN_MTU <= opts.mtu <= MAX_MTU:
         raise ValueError(f"mtu {opts.mtu!r} must be an integer in {MIN_MTU}-{MAX_MTU}")
     plugins: list[dict[str, Any]] = [
-        {"type": PLUGIN_TYPE, "socket": opts.socket, "mode": opts.mode, "mtu": opts.mtu},
+        {"type": PLUGIN_TYPE, "socket": opts.socket, "mtu": opts.mtu},
     ]
     if opts.portmap:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})

@@ -34,9 +34,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.emulator import cleanup
-from cloud.emulator.harness import Cluster, HarnessError, Node
-from cloud.emulator.harness_io import build_shim, install_shim, wait_until
+from lab import cleanup
+from lab.harness import Cluster, HarnessError, Node
+from lab.node_io import build_shim, install_shim, wait_until
 from lab.cri.client import CriClient, CriError, PodPort, SandboxRequest
 from lab.pause_image import PAUSE_IMAGE, build_pause_image
 

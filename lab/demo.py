@@ -18,10 +18,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cloud.emulator import cleanup
-from cloud.emulator.addresses import usable_range
-from cloud.emulator.fabric_plan import name_router_link
-from cloud.emulator.harness import Cluster
+from lab import cleanup
+from lab.ec2.addresses import usable_range
+from lab.fabric_plan import name_router_link
+from lab.harness import Cluster
 from ipam_daemon.cli import fetch_pool, format_pool
 from lab.containerd import (RuntimePod, install_underlay, node_runtimes, remove_pod, run_pod,
                             wait_network_ready)

@@ -14,9 +14,9 @@ import boto3
 import pytest
 
 from cloud.ec2 import Ec2Cloud
-from cloud.emulator.server import EmulatedCloud
-from cloud.emulator.settings import EmulatorSettings
-from cloud.emulator.world import World, build_world, make_setup_client
+from lab.ec2.server import EmulatedCloud
+from lab.ec2.settings import EmulatorSettings
+from lab.ec2.world import World, build_world, make_setup_client
 
 # the fixtures, for `from cloud_fixtures import *` in the test modules
 FIXTURES = ["emulator", "control", "calls", "cloud", "world", "free_nodes", "node",

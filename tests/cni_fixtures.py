@@ -5,10 +5,8 @@ reached an agent socket.
 
 Import into a test module with ``from cni_fixtures import ...`` (tests/ is on sys.path).
 
-The libcni client is built offline in GOPATH mode against Debian's libcni 1.1.2:
-
-    GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=<tmp> GOFLAGS= \
-        go build -o tests/libcni/bin/libcni-client ./tests/libcni
+The libcni client (lab/libcni) is built offline in GOPATH mode against Debian's libcni
+1.1.2, by ``lab.node_io.build_libcni_client``.
 """
 from __future__ import annotations
 
@@ -25,11 +23,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cloud.emulator.harness_io import build_shim, install_shim
+from lab.node_io import build_libcni_client, build_shim, install_shim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIBCNI_SRC = os.path.join(REPO, "tests", "libcni")
-LIBCNI_BIN = os.path.join(LIBCNI_SRC, "bin", "libcni-client")
 REFERENCE_PLUGINS = "/usr/lib/cni"
 GOPATH = "/usr/share/gocode"
 
@@ -37,20 +33,6 @@ GOPATH = "/usr/share/gocode"
 def unique(prefix: str) -> str:
     """A short unique name (<= 15 chars for links) so parallel helpers never collide."""
     return f"{prefix}{secrets.token_hex(4)}"
-
-
-def build_libcni_client(out: str = LIBCNI_BIN) -> str:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    cache = os.path.join(os.path.dirname(out), ".gocache")
-    env = dict(os.environ, GO111MODULE="off", GOPATH=GOPATH, GOCACHE=cache, GOFLAGS="",
-               CGO_ENABLED="0")
-    tmp = f"{out}.{os.getpid()}.tmp"  # others may be running the binary: replace atomically
-    proc = subprocess.run(["go", "build", "-o", tmp, "."], cwd=LIBCNI_SRC, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"building the libcni client failed:\n{proc.stderr}")
-    os.replace(tmp, out)
-    return out
 
 
 @pytest.fixture(scope="session")

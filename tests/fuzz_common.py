@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from test_agent_helpers import AgentProcess, make_world
 
-from cloud.emulator.server import EmulatedCloud
+from lab.ec2.server import EmulatedCloud
 from cni.spec import Code
 
 SPEC_CODES = {int(c) for c in Code} - {int(Code.AGENT_INTERNAL)}

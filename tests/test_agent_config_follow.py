@@ -23,7 +23,7 @@ from test_agent_helpers import (  # noqa: F401 - fixtures
 )
 from test_agent_kube import kube_config
 
-from cloud.emulator.harness_io import build_shim
+from lab.node_io import build_shim
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "kube-system"

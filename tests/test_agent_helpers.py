@@ -18,9 +18,9 @@ import boto3
 import pytest
 
 from cloud.ec2 import Ec2Cloud
-from cloud.emulator.server import EmulatedCloud
-from cloud.emulator.settings import EmulatorSettings
-from cloud.emulator.world import World, build_world
+from lab.ec2.server import EmulatedCloud
+from lab.ec2.settings import EmulatorSettings
+from lab.ec2.world import World, build_world
 from cloud.types import TAG_CLUSTER, InstanceId
 from ipam_daemon.client import AgentClient
 

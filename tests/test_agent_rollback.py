@@ -4,7 +4,7 @@ the cause, and the borrowed address goes back to the pool: no allocation, no hos
 Then a good pod on the same node still gets wired and its detach is idempotent."""
 from __future__ import annotations
 
-from cloud.emulator.harness import Cluster
+from lab.harness import Cluster
 from cni.spec import Code
 from ipam_daemon.client import AgentClient
 

@@ -42,8 +42,8 @@ from fake_apiserver import FakeApiServer
 from fake_apiserver.cluster import Kube, count_log_lines, stale_allocations, wait_for_pod_gc
 from fake_apiserver.disrupt import Disruptions, disrupt
 
-from cloud.emulator.harness import Cluster, HarnessError, Node, Pod
-from cloud.emulator.harness_io import wait_until
+from lab.harness import Cluster, HarnessError, Node, Pod
+from lab.node_io import wait_until
 from cloud.types import TAG_CLUSTER
 
 SEED = 20261129

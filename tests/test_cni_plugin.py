@@ -20,8 +20,8 @@ from cni_fixtures import (  # noqa: F401 - fixtures
     cni_bin_dir, make_netns, run_plugin, shim_binary, short_tmp, socket_recorder,
 )
 
-from cloud.emulator.harness import Cluster, Node
-from cloud.emulator.harness_io import query_agent, wait_until
+from lab.harness import Cluster, Node
+from lab.node_io import query_agent, wait_until
 
 CID = "4f1c0ffee0123456789abcdef"
 NAME = "h4net"

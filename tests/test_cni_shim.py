@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from cni_fixtures import cni_bin_dir, run_plugin, shim_binary, short_tmp  # noqa: F401
 
-from cloud.emulator.harness import Cluster
-from cloud.emulator.harness_io import query_agent
+from lab.harness import Cluster
+from lab.node_io import query_agent
 from cni.spec import SUPPORTED_VERSIONS
 
 PT_INTERP, PT_DYNAMIC = 3, 2

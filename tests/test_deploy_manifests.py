@@ -122,7 +122,7 @@ def test_configmap_loads_through_the_agent_and_the_installer():
     assert config.kubernetes == "in-cluster" and config.node_name == "node-a"
     conflist = json.loads(data["05-underlay.conflist"])
     assert conflist == render_conflist(ConflistOptions(socket=config.socket_path,
-                                                       mtu=config.mtu, mode=config.datapath))
+                                                       mtu=config.mtu))
     check_conflist(data["05-underlay.conflist"], "configmap.yaml")
 
 

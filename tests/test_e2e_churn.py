@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from cloud.emulator import cleanup
-from cloud.emulator.harness import Cluster, Pod
-from cloud.emulator.harness_io import wait_until
+from lab import cleanup
+from lab.harness import Cluster, Pod
+from lab.node_io import wait_until
 from test_e2e_vpc_tools import (
     agent_pods,
     agent_pool,

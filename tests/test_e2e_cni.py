@@ -20,10 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.emulator import cleanup
-from cloud.emulator.fabric_plan import name_router_link
-from cloud.emulator.harness import REFERENCE_PLUGINS, Cluster, Node, Pod
-from cloud.emulator.harness_io import probe_source_outside, wait_until
+from lab import cleanup
+from lab.fabric_plan import name_router_link
+from lab.harness import REFERENCE_PLUGINS, Cluster, Node, Pod
+from lab.node_io import probe_source_outside, wait_until
 from cni.conflist import ConflistOptions, render_conflist_json
 
 VPC_CIDR = "10.0.0.0/16"

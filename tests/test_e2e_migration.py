@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from cloud.emulator.harness import Cluster
-from cloud.emulator.harness_io import wait_until
-from cloud.emulator.world import make_setup_client
+from lab.harness import Cluster
+from lab.node_io import wait_until
+from lab.ec2.world import make_setup_client
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -23,8 +23,8 @@ import pytest
 from fake_apiserver import FakeApiServer
 from fake_apiserver.cluster import Kube
 
-from cloud.emulator.harness import Cluster, HarnessError
-from cloud.emulator.harness_io import SHIM_BIN, wait_until
+from lab.harness import Cluster, HarnessError
+from lab.node_io import SHIM_BIN, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.emulator.fabric_plan import name_router_link
-from cloud.emulator.harness import Cluster, Pod
-from cloud.emulator.harness_io import wait_until
-from cloud.emulator.world import make_setup_client
+from lab.fabric_plan import name_router_link
+from lab.harness import Cluster, Pod
+from lab.node_io import wait_until
+from lab.ec2.world import make_setup_client
 from test_e2e_vpc_tools import (
     agent_pods,
     agent_pool,

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from cloud.emulator import cleanup
+from lab import cleanup
 
 
 def test_the_demo_runs_and_cleans_up() -> None:

@@ -10,10 +10,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cloud.emulator.addresses import usable_range
-from cloud.emulator.fabric_plan import name_router_link
-from cloud.emulator.harness import Cluster, Node, Pod
-from cloud.emulator.harness_io import wait_until
+from lab.ec2.addresses import usable_range
+from lab.fabric_plan import name_router_link
+from lab.harness import Cluster, Node, Pod
+from lab.node_io import wait_until
 
 PYTHON = sys.executable
 TCP_PORT = 7001

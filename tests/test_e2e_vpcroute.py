@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import boto3
 
-from cloud.emulator.harness import Cluster
-from cloud.emulator.harness_io import wait_until
+from lab.harness import Cluster
+from lab.node_io import wait_until
 
 CLUSTER_CIDR = "10.244.0.0/16"
 

@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from cloud.emulator import ControlError, EmulatedCloud, EmulatorControl, build_world
+from lab.ec2 import ControlError, EmulatedCloud, EmulatorControl, build_world
 
 PYTHON = sys.executable
 
@@ -203,7 +203,7 @@ def test_attach_waits_the_latency_before_the_eni_is_attached(emulator, control, 
 
 def test_control_from_another_process_drives_this_emulator(emulator, control, world):
     script = (
-        "import sys; from cloud.emulator.control import EmulatorControl as C; "
+        "import sys; from lab.ec2.control import EmulatorControl as C; "
         "c = C(sys.argv[1]); "
         "c.set_faults([{'action': 'DescribeVpcs', 'kind': '5xx', 'rate': 1.0}]); "
         "print(c.call_counts().get('DescribeVpcs', 0))"
@@ -218,7 +218,7 @@ def test_control_from_another_process_drives_this_emulator(emulator, control, wo
 
 def test_cli_prints_its_world_and_stops_on_sigterm():
     process = subprocess.Popen(
-        [PYTHON, "-m", "cloud.emulator", "--nodes", "2", "--subnet", "10.0.0.0/24",
+        [PYTHON, "-m", "lab.ec2", "--nodes", "2", "--subnet", "10.0.0.0/24",
          "--subnet", "10.0.1.0/24", "--instance-type", "t3.small", "--attach-latency", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -242,7 +242,7 @@ def test_cli_prints_its_world_and_stops_on_sigterm():
 
 
 def test_cli_refuses_a_bad_layout_by_name():
-    done = subprocess.run([PYTHON, "-m", "cloud.emulator", "--subnet", "10.9.0.0/24"],
+    done = subprocess.run([PYTHON, "-m", "lab.ec2", "--subnet", "10.9.0.0/24"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "not inside the VPC" in done.stderr
 

@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from cloud.emulator import EmulatedCloud, EmulatorSettings, World, build_world
+from lab.ec2 import EmulatedCloud, EmulatorSettings, World, build_world
 
 
 @pytest.fixture(scope="module")

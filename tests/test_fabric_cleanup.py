@@ -1,5 +1,5 @@
 """A run that crashes (SIGKILL, no finally blocks run) leaves namespaces, links and
-processes; ``python -m cloud.emulator.cleanup`` removes them, and never touches a run
+processes; ``python -m lab.cleanup`` removes them, and never touches a run
 whose owner is still alive."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.emulator import cleanup
+from lab import cleanup
 
 PYTHON = sys.executable
 REPO = str(Path(__file__).resolve().parents[1])
@@ -23,10 +23,10 @@ REPO = str(Path(__file__).resolve().parents[1])
 # reports what it made and then waits to be killed.
 CRASHING_RUN = textwrap.dedent("""
     import json, subprocess, sys, time
-    from cloud.emulator import EmulatedCloud
-    from cloud.emulator.cleanup import RunRecord
-    from cloud.emulator.fabric import Fabric
-    from cloud.emulator.world import build_world
+    from lab.ec2 import EmulatedCloud
+    from lab.cleanup import RunRecord
+    from lab.fabric import Fabric
+    from lab.ec2.world import build_world
 
     cloud = EmulatedCloud.start()
     world = build_world(cloud.endpoint, region=cloud.region, nodes=1)
@@ -45,7 +45,7 @@ def list_netns() -> set[str]:
 
 
 def run_cleanup(*args: str) -> str:
-    result = subprocess.run([PYTHON, "-m", "cloud.emulator.cleanup", *args],
+    result = subprocess.run([PYTHON, "-m", "lab.cleanup", *args],
                             capture_output=True, text=True, timeout=60, check=True)
     return result.stdout
 
@@ -111,7 +111,7 @@ def test_cleanup_by_prefix_cleans_a_live_run_and_rejects_bad_prefixes(
     assert f"{live_run.prefix}: killed 0 processes, removed 1 namespaces" in run_cleanup(
         "--prefix", live_run.prefix)
     assert f"{live_run.prefix}-live" not in list_netns()
-    bad = subprocess.run([PYTHON, "-m", "cloud.emulator.cleanup", "--prefix", "../etc"],
+    bad = subprocess.run([PYTHON, "-m", "lab.cleanup", "--prefix", "../etc"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode != 0 and "must be 3-12 ASCII letters or digits" in bad.stderr
 

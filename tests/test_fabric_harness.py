@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.emulator import cleanup
-from cloud.emulator.fabric_plan import name_router_link
-from cloud.emulator.harness import Cluster, HarnessError
-from cloud.emulator.harness_io import wait_until
+from lab import cleanup
+from lab.fabric_plan import name_router_link
+from lab.harness import Cluster, HarnessError
+from lab.node_io import wait_until
 
 PYTHON = sys.executable
 REPO = str(Path(__file__).resolve().parents[1])
@@ -109,7 +109,7 @@ def test_a_cluster_of_no_nodes_is_refused_before_anything_exists() -> None:
 # The harness with an agent and a pod, killed with SIGKILL mid-run.
 CRASHING_HARNESS = textwrap.dedent("""
     import json, sys, time
-    from cloud.emulator.harness import Cluster
+    from lab.harness import Cluster
     cluster = Cluster(nodes=1).start()
     agent = cluster.run_agent(0, {"snat": False})
     pod = cluster.add_pod(0, "crash")
@@ -136,7 +136,7 @@ def test_cleanup_after_the_harness_is_killed(tmp_path) -> None:
         assert made["pod_netns"] in left["netns"] and left["record"] and left["workdir"]
         assert cleanup.read_start_time(made["agent"]) is not None  # orphaned, still running
 
-        out = subprocess.run([PYTHON, "-m", "cloud.emulator.cleanup"], capture_output=True,
+        out = subprocess.run([PYTHON, "-m", "lab.cleanup"], capture_output=True,
                              text=True, timeout=60, check=True).stdout
         assert f"{prefix}: killed 1 processes, removed {len(left['netns'])} namespaces" in out
         assert run_prefix_left(prefix) == {"netns": [], "record": False, "workdir": False}

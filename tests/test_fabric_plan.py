@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from cloud.emulator.fabric_plan import (
+from lab.fabric_plan import (
     Neighbour,
     RouterRoute,
     SnapshotError,

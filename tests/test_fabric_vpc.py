@@ -13,9 +13,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from cloud.emulator import EmulatedCloud
-from cloud.emulator.fabric import OUTSIDE_HOST_IP, Fabric
-from cloud.emulator.world import World, build_world
+from lab.ec2 import EmulatedCloud
+from lab.fabric import OUTSIDE_HOST_IP, Fabric
+from lab.ec2.world import World, build_world
 
 # how long the fabric may take to follow a cloud change (the issue asks for < 1 s)
 FOLLOW_DEADLINE = 1.0

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.emulator.harness_io import install_shim
+from lab.node_io import install_shim
 from cni.spec import SUPPORTED_VERSIONS, Code
 from fuzz_common import FUZZ, SPEC_CODES, agent_holding_two
 from test_agent_helpers import emulator  # noqa: F401 - fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.emulator.harness_io import build_shim
+from lab.node_io import build_shim
 from cni.conflist import ConflistOptions, render_conflist_json
 
 REPO = Path(__file__).resolve().parent.parent

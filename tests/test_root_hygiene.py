@@ -10,7 +10,7 @@ import json
 import secrets
 import subprocess
 
-from cloud.emulator.harness import Cluster
+from lab.harness import Cluster
 from test_e2e_vpc_tools import reachable
 
 _TIMEOUT = 10

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.emulator.harness import Cluster, Node
-from cloud.emulator.harness_io import wait_until
+from lab.harness import Cluster, Node
+from lab.node_io import wait_until
 from lab.containerd import (SHIM_SOCKETS, NodeRuntime, RuntimePod, install_underlay,
                             node_runtimes, remove_pod, run_pod, wait_network_ready)
 from lab.cri.client import CriError, PodPort
@@ -312,7 +312,7 @@ def test_thirty_sandboxes_in_parallel_leave_nothing(world):
 def test_a_crashed_run_with_a_runtime_is_cleaned_completely():
     """What `make clean-net` does after a harness died with containerd and sandboxes
     running: no process, mount, cgroup, namespace or file of the run is left."""
-    from cloud.emulator import cleanup
+    from lab import cleanup
     from lab.containerd import NodeRuntime
 
     with Cluster(nodes=1, instance_type="t3.small") as cluster:

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.emulator.harness import Cluster, Node, Pod
-from cloud.emulator.harness_io import wait_until
+from lab.harness import Cluster, Node, Pod
+from lab.node_io import wait_until
 
 from .server import FakeApiServer
 from .store import ApiError

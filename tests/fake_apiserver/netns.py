@@ -7,7 +7,7 @@ import socket
 import threading
 from typing import Any
 
-from cloud.emulator.server import _open_socket_in_netns
+from lab.ec2.server import _open_socket_in_netns
 
 NETNS_TIMEOUT = 10.0
 

@@ -20,10 +20,10 @@ import re
 import threading
 from typing import Any, Callable
 
-from cloud.emulator import rules
-from cloud.emulator.settings import categorise_action
-from cloud.emulator.throttling import CallCounter, FaultInjector, TokenBuckets
-from cloud.emulator.wire import ApiRequest, Refusal, error_xml, read_request, replace_body, respond
+from lab.ec2 import rules
+from lab.ec2.settings import categorise_action
+from lab.ec2.faults import CallCounter, FaultInjector, TokenBuckets
+from lab.ec2.wire import ApiRequest, Refusal, error_xml, read_request, replace_body, respond
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ cloud's state, so packets between nodes really cross a "VPC router".
 Nothing is created in the root namespace. The fabric follows the cloud by reconciling
 (idempotent diff against what the kernel holds) whenever the control plane reports a
 change, and at least every ``poll_interval`` seconds. ``stop()`` removes every namespace,
-also after errors; a crashed run is cleaned by ``python -m cloud.emulator.cleanup``.
+also after errors; a crashed run is cleaned by ``python -m lab.cleanup``.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cloud.emulator import cleanup
-from cloud.emulator.fabric_plan import (
+from lab import cleanup
+from lab.fabric_plan import (
     CloudView,
     ENI_MTU,
     EniLink,

@@ -1,4 +1,4 @@
-"""``python -m cloud.emulator`` / ``underlay-cloud``: start the emulated EC2, build a world,
+"""``python -m lab.ec2``: start the emulated EC2, build a world,
 print one JSON line (endpoint, region, ids) on stdout, serve until SIGTERM or SIGINT."""
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import sys
 import threading
 from typing import Sequence
 
-from cloud.emulator.server import EmulatedCloud
-from cloud.emulator.settings import EmulatorSettings
-from cloud.emulator.world import build_world, validate_layout
+from lab.ec2.server import EmulatedCloud
+from lab.ec2.settings import EmulatorSettings
+from lab.ec2.world import build_world, validate_layout
 
 logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="underlay-cloud", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.ec2", description=__doc__)
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--instance-type", default="m5.large")
     parser.add_argument("--vpc-cidr", default="10.0.0.0/16")
@@ -48,12 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     buckets_enabled=not args.no_buckets, seed=args.seed)
         validate_layout(args.vpc_cidr, subnets, args.nodes)
     except ValueError as exc:
-        print(f"underlay-cloud: {exc}", file=sys.stderr)
+        print(f"lab.ec2: {exc}", file=sys.stderr)
         return 2
     try:
         cloud = EmulatedCloud.start(port=args.port, region=args.region, settings=settings)
     except (OSError, ValueError) as exc:
-        print(f"underlay-cloud: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        print(f"lab.ec2: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
         return 2
     try:
         world = build_world(cloud.endpoint, region=args.region, nodes=args.nodes,
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stop.wait(1.0):
             pass
     except ValueError as exc:
-        print(f"underlay-cloud: {exc}", file=sys.stderr)
+        print(f"lab.ec2: {exc}", file=sys.stderr)
         return 2
     finally:
         cloud.stop()

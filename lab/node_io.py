@@ -1,7 +1,6 @@
 """The harness's small I/O helpers: the libcni test client and the host CNI executable
-(both Go, built once), the CNI files (the conflist is rendered by the ``cni`` package in a
-child process: ``cloud`` does not import ``cni``), GETs on an agent's unix socket, and a
-stoppable wait."""
+(both Go, built once), the CNI files, GETs on an agent's unix socket, and a stoppable
+wait."""
 from __future__ import annotations
 
 import http.client
@@ -19,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cni.conflist import ConflistOptions, render_conflist_json
+
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-LIBCNI_SRC = REPO / "tests" / "libcni"
-LIBCNI_BIN = LIBCNI_SRC / "bin" / "libcni-client"
+REPO = Path(__file__).resolve().parents[1]
+LIBCNI_SRC = REPO / "lab" / "libcni"  # a minimal runtime over Debian's libcni (Go)
+LIBCNI_BIN = REPO / "build" / "libcni-client"
 SHIM_SRC = REPO / "cni" / "shim"
 SHIM_BIN = REPO / "build" / "underlay"  # what `make shim` builds
 PYPROJECT = REPO / "pyproject.toml"  # the version string's one home
@@ -32,13 +33,6 @@ AGENT_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
                      "AWS_EC2_METADATA_DISABLED": "true"}
 _SOCKET_TIMEOUT = 10.0
 
-_WRITE_CONFLIST = """
-import sys
-from cni.conflist import ConflistOptions, render_conflist_json
-conflist, mode = sys.argv[1:3]
-with open(conflist, "w") as f:
-    f.write(render_conflist_json(ConflistOptions(mode=mode, portmap=False, bandwidth=False)))
-"""
 _shim_lock = threading.Lock()
 
 
@@ -86,18 +80,14 @@ def build_libcni_client(out: Path = LIBCNI_BIN) -> str:
     return str(out)
 
 
-def write_cni_files(workdir: Path, mode: str) -> tuple[str, str]:
+def write_cni_files(workdir: Path) -> tuple[str, str]:
     """Install the ``underlay`` executable into ``<workdir>/bin`` and write the conflist
     (portmap and bandwidth off: the harness passes no capability arguments); returns both
     paths."""
     bin_dir = workdir / "bin"
-    conflist = workdir / "10-underlay.conflist"
+    conflist = workdir / "05-underlay.conflist"
     install_shim(bin_dir)
-    proc = subprocess.run([sys.executable, "-c", _WRITE_CONFLIST, str(conflist), mode],
-                          capture_output=True, text=True, timeout=60, check=False,
-                          cwd=str(REPO))
-    if proc.returncode != 0:
-        raise RuntimeError(f"writing the conflist failed:\n{proc.stderr}")
+    conflist.write_text(render_conflist_json(ConflistOptions(portmap=False, bandwidth=False)))
     return str(bin_dir), str(conflist)
 
 

@@ -11,10 +11,10 @@
 // 0; on failure the error is printed on stdout as JSON {"code", "msg", "details"} when it is
 // a CNI error, else {"code": 0, "msg": ...}, and the exit code is 1. Usage errors exit 2.
 //
-// Build (offline, GOPATH mode; done by the cni_fixtures.libcni_client fixture):
+// Build (offline, GOPATH mode; done by lab.node_io.build_libcni_client):
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(mktemp -d) GOFLAGS= \
-//	  go build -o tests/libcni/bin/libcni-client ./tests/libcni
+//	  go build -o build/libcni-client ./lab/libcni
 package main
 
 import (

@@ -18,11 +18,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cloud.emulator.addresses import AddressAllocator, allocate_free, check_requested, used_addresses
-from cloud.emulator.describe import check_describe_network_interfaces
-from cloud.emulator.limits import limits_for
-from cloud.emulator.snapshot import eni_addresses, iterate_instances, iterate_subnets
-from cloud.emulator.wire import ApiRequest, Refusal, result_xml
+from lab.ec2.addresses import AddressAllocator, allocate_free, check_requested, used_addresses
+from lab.ec2.describe import check_describe_network_interfaces
+from lab.ec2.limits import limits_for
+from lab.ec2.snapshot import eni_addresses, iterate_instances, iterate_subnets
+from lab.ec2.wire import ApiRequest, Refusal, result_xml
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from cloud.emulator.control import ControlApp, EmulatorControl
-from cloud.emulator.settings import EmulatorSettings
-from cloud.emulator.snapshot import take_snapshot
-from cloud.emulator.strict import RuntimeKnobs, StrictLayer
-from cloud.emulator.throttling import CallCounter, FaultInjector, TokenBuckets
+from lab.ec2.control import ControlApp, EmulatorControl
+from lab.ec2.settings import EmulatorSettings
+from lab.ec2.snapshot import take_snapshot
+from lab.ec2.strict import RuntimeKnobs, StrictLayer
+from lab.ec2.faults import CallCounter, FaultInjector, TokenBuckets
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import random
 import threading
 from typing import Any, Iterable
 
-from cloud.emulator.snapshot import iterate_instances
-from cloud.emulator.wire import Refusal
+from lab.ec2.snapshot import iterate_instances
+from lab.ec2.wire import Refusal
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import fnmatch
 import logging
 from typing import Any, Callable
 
-from cloud.emulator.snapshot import eni_addresses
-from cloud.emulator.wire import ApiRequest
+from lab.ec2.snapshot import eni_addresses
+from lab.ec2.wire import ApiRequest
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cloud.emulator.wire import Refusal
+from lab.ec2.wire import Refusal
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from cloud.emulator.settings import DEFAULT_BUCKETS, BucketSpec
+from lab.ec2.settings import DEFAULT_BUCKETS, BucketSpec
 
 logger = logging.getLogger(__name__)
 

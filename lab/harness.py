@@ -13,12 +13,11 @@ Everything the run makes carries its prefix and is written down first in its run
 (see cleanup.py): namespaces ``<prefix>-vpc``, ``<prefix>-out``, ``<prefix>-<instance>``,
 ``<prefix>-p<pod>``, processes, and files under ``/run/underlay-harness/<prefix>/``.
 ``stop()`` removes all of it, also after errors; after a crash of the harness itself,
-``python -m cloud.emulator.cleanup`` does.
+``python -m lab.cleanup`` does.
 
 The host executable is built from ``cni/shim`` (Go) and copied into the run's CNI bin dir,
-the conflist comes from the ``cni`` package and the agent from ``ipam_daemon``; ``cloud``
-may import neither, so the harness runs them as processes (as an installer and a node
-would).
+the conflist comes from the ``cni`` package; the agent runs as the process a node runs
+(``python -m ipam_daemon.main``). ``mode`` is the agents' ``datapath``.
 """
 from __future__ import annotations
 
@@ -35,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloud.emulator import cleanup
-from cloud.emulator.fabric import OUTSIDE_HOST_IP, Fabric
-from cloud.emulator.harness_io import (
+from lab import cleanup
+from lab.fabric import OUTSIDE_HOST_IP, Fabric
+from lab.node_io import (
     AGENT_CREDENTIALS,
     build_libcni_client,
     probe_source_outside,
@@ -45,10 +44,10 @@ from cloud.emulator.harness_io import (
     wait_until,
     write_cni_files,
 )
-from cloud.emulator.imds import ImdsServer
-from cloud.emulator.server import EmulatedCloud
-from cloud.emulator.settings import EmulatorSettings
-from cloud.emulator.world import World, build_world
+from lab.imds import ImdsServer
+from lab.ec2.server import EmulatedCloud
+from lab.ec2.settings import EmulatorSettings
+from lab.ec2.world import World, build_world
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ class Cluster:
         try:
             self.workdir.mkdir(mode=0o700, parents=True)
             self.libcni_client = self._libcni_client or build_libcni_client()
-            self.cni_bin_dir, self.conflist = write_cni_files(self.workdir, self.mode)
+            self.cni_bin_dir, self.conflist = write_cni_files(self.workdir)
             self.cloud = EmulatedCloud.start(settings=self._settings)
             self.world = build_world(self.cloud.endpoint, region=self.cloud.region,
                                      nodes=self._node_count, cluster=f"harness-{self.prefix}",
@@ -175,7 +174,7 @@ class Cluster:
                             self.workdir / f"n{index}")
                 node.workdir.mkdir(mode=0o700)
                 template["plugins"][0]["socket"] = node.socket_path
-                (node.workdir / "10-underlay.conflist").write_text(json.dumps(template, indent=1))
+                (node.workdir / "05-underlay.conflist").write_text(json.dumps(template, indent=1))
                 self._endpoints[node.name] = self.fabric.cloud_endpoint(node.instance_id)
                 self.nodes.append(node)
                 if self._imds_on_start:
@@ -221,7 +220,7 @@ class Cluster:
 
     # -- the instance metadata service ---------------------------------------------------
     def serve_imds(self, node_ref: int | str | Node) -> None:
-        """IMDSv2 on 169.254.169.254 inside the node's namespace (cloud.emulator.imds)."""
+        """IMDSv2 on 169.254.169.254 inside the node's namespace (lab.imds)."""
         node = self.node(node_ref)
         assert self.cloud is not None and self.fabric is not None
         if node.name not in self.imds:
@@ -245,7 +244,7 @@ class Cluster:
 
     def agent_config(self, node: Node, overrides: Mapping[str, Any] | None = None) -> dict:
         assert self.world is not None and self.cloud is not None
-        config = dict(FAST_AGENT_CONFIG)
+        config = dict(FAST_AGENT_CONFIG, datapath=self.mode)
         config.update(cluster=self.world.cluster, node_name=node.name,
                       instance_id=node.instance_id, region=self.cloud.region,
                       cloud_endpoint=self._endpoints[node.name],
@@ -412,7 +411,7 @@ class Cluster:
         libcni's ConfFiles lists them and containerd and CRI-O take them."""
         conf_dir = self.conf_dirs.get(node.name)
         if conf_dir is None:
-            return str(node.workdir / "10-underlay.conflist")
+            return str(node.workdir / "05-underlay.conflist")
         found = sorted(p.name for p in conf_dir.iterdir() if p.is_file()
                        and p.suffix in (".conf", ".conflist", ".json"))
         if not found:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cloud.emulator.server import open_socket_in_netns
+from lab.ec2.server import open_socket_in_netns
 
 logger = logging.getLogger(__name__)
 

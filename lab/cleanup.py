@@ -1,5 +1,5 @@
 """Run records for the emulated fabric and harness, and the command that removes what a
-crashed run left behind: ``python -m cloud.emulator.cleanup``.
+crashed run left behind: ``python -m lab.cleanup``.
 
 Every fabric or harness run picks a run-unique prefix (``new_prefix()``) and writes a
 record ``/run/underlay-harness/<prefix>.json`` *before* it creates anything: the owner
@@ -304,7 +304,7 @@ def clean_stale_runs() -> list[CleanupReport]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cloud.emulator.cleanup",
+        prog="python -m lab.cleanup",
         description="Remove the namespaces and processes of crashed emulated-fabric runs.",
     )
     parser.add_argument("--prefix", help="clean this run even if its owner is alive")

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from cloud.emulator.wire import respond
+from lab.ec2.wire import respond
 
 logger = logging.getLogger(__name__)
 
