@@ -23,7 +23,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from lab.harness import Cluster, Node, Pod
+from lab.harness import Cluster, LabNode, Pod
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ INSTANCE_TYPE = "c5.4xlarge"
 READY_TIMEOUT = 60.0
 
 
-def add_pods_concurrently(cluster: Cluster, node: Node, names: list[str],
+def add_pods_concurrently(cluster: Cluster, node: LabNode, names: list[str],
                           concurrency: int) -> tuple[float, list[Pod], list[str]]:
     """ADD every pod through libcni, at most ``concurrency`` at once; returns the wall time
     until the last ADD returned, the pods wired and the errors of the failed ADDs."""
@@ -58,7 +58,7 @@ def delete_pods_concurrently(cluster: Cluster, pods: list[Pod], concurrency: int
         list(pool.map(cluster.del_pod, pods))
 
 
-def wait_available(cluster: Cluster, node: Node, count: int, timeout: float) -> dict:
+def wait_available(cluster: Cluster, node: LabNode, count: int, timeout: float) -> dict:
     """Poll the agent's pool until ``count`` addresses are free; returns the summary."""
     deadline = time.monotonic() + timeout
     while True:

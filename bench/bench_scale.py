@@ -20,7 +20,7 @@ import time
 
 from bench.bench_agent_resources import mib, read_memory_kib
 from bench.bench_burst import add_pods_concurrently
-from lab.harness import Cluster, FAST_AGENT_CONFIG, Node
+from lab.harness import Cluster, FAST_AGENT_CONFIG, LabNode
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ PODS_PER_NODE = 2
 WARM_TIMEOUT = 300.0
 
 
-def wait_all_warm(cluster: Cluster, nodes: list[Node], warm: int, timeout: float) -> float:
+def wait_all_warm(cluster: Cluster, nodes: list[LabNode], warm: int, timeout: float) -> float:
     """Seconds until every node's agent reports ``available >= warm``; raises past timeout."""
     started = time.monotonic()
     pending = {node.name: node for node in nodes}
@@ -52,7 +52,7 @@ def wait_all_warm(cluster: Cluster, nodes: list[Node], warm: int, timeout: float
     return time.monotonic() - started
 
 
-def boot(cluster: Cluster, nodes: list[Node], warm: int) -> float:
+def boot(cluster: Cluster, nodes: list[LabNode], warm: int) -> float:
     started = time.monotonic()
     for node in nodes:
         cluster.run_agent(node, {"snat": False}, wait_ready=False)

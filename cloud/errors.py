@@ -14,6 +14,10 @@
         ├── InUse                  InvalidNetworkInterface.InUse
         ├── PermissionDenied       UnauthorizedOperation, AuthFailure
         └── InvalidRequest         any other client error
+
+Each class carries the CNI error code a pod's ADD gets when the pool fails this way
+(``cni_code``: plain numbers, since ``cloud`` imports nothing of ``cni``; the agent's error
+table, ``ipam_daemon.errors``, says what each code means, and a test keeps the two equal).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ class CloudError(Exception):
     """A failed cloud call. ``code`` is EC2's error code, ``action`` the API action."""
 
     retryable = False
+    cni_code = 107  # agent internal error: nothing a pod's retry would change
 
     def __init__(self, message: str, *, code: str = "", action: str = "") -> None:
         super().__init__(message)
@@ -31,14 +36,15 @@ class CloudError(Exception):
 
 class RetryableCloudError(CloudError):
     retryable = True
+    cni_code = 11  # try again later
 
 
 class Throttled(RetryableCloudError):
-    pass
+    cni_code = 102  # cloud API throttled
 
 
 class CloudUnavailable(RetryableCloudError):
-    pass
+    cni_code = 11  # try again later
 
 
 class PermanentCloudError(CloudError):
@@ -50,15 +56,15 @@ class LimitReached(PermanentCloudError):
 
 
 class IpLimitReached(LimitReached):
-    pass
+    cni_code = 103  # no free address
 
 
 class EniLimitReached(LimitReached):
-    pass
+    cni_code = 101  # ENI limit reached
 
 
 class SubnetExhausted(PermanentCloudError):
-    pass
+    cni_code = 100  # subnet exhausted
 
 
 class NotFound(PermanentCloudError):
@@ -70,7 +76,7 @@ class InUse(PermanentCloudError):
 
 
 class PermissionDenied(PermanentCloudError):
-    pass
+    cni_code = 104  # cloud permission denied
 
 
 class InvalidRequest(PermanentCloudError):

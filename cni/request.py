@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from cni.spec import DEFAULT_SOCKET, MODES, PLUGIN_TYPE, SUPPORTED_VERSIONS, Code, CniError
@@ -55,7 +56,7 @@ class Request:
     container_id: str = ""
     netns: str = ""
     ifname: str = ""
-    pod: dict[str, str] = field(default_factory=dict)
+    pod: dict[str, str] = dataclass_field(default_factory=dict)
     network: str = ""
     socket: str = DEFAULT_SOCKET
     mode: str = "veth"

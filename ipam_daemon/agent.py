@@ -24,10 +24,11 @@ from cni.datapath.base import Datapath
 from cni.datapath.registry import build_datapath, record_path_of
 
 from ipam_daemon.api import UnixHTTPServer
+from ipam_daemon.backoff import retry_until_stopped
 from ipam_daemon.config import AgentConfig, ConfigChange, diff_config
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.pool import Pool
-from ipam_daemon.reconcile import Node, discover_node
+from ipam_daemon.cloud_node import CloudNode, discover_node
 from ipam_daemon.service import Service
 from ipam_daemon.status import StatusServer, start_listeners
 from ipam_daemon.store import Store
@@ -50,7 +51,7 @@ def build_cloud(config: AgentConfig, metrics: Metrics) -> Cloud:
 class Agent:
     def __init__(self, config: AgentConfig, *, cloud: Cloud | None = None,
                  datapath: Datapath | None = None,
-                 node_resolver: Callable[[Cloud, AgentConfig], Node] = discover_node,
+                 node_resolver: Callable[[Cloud, AgentConfig], CloudNode] = discover_node,
                  observer: Any = None) -> None:
         self.config = config
         self.metrics = Metrics()
@@ -68,17 +69,10 @@ class Agent:
         self.status: StatusServer | None = None
         self.metrics_listener: StatusServer | None = None
 
-    def _resolve_node(self) -> Node:
-        delay = 0.5
-        while True:
-            try:
-                return self._node_resolver(self.cloud, self.config)
-            except ce.RetryableCloudError as exc:
-                logger.warning("cannot describe this node yet (%s); retrying in %.1fs", exc,
-                               delay)
-                if self.stopping.wait(delay):
-                    raise
-                delay = min(delay * 2, 30.0)
+    def _resolve_node(self) -> CloudNode:
+        return retry_until_stopped(lambda: self._node_resolver(self.cloud, self.config),
+                                   retry_on=ce.RetryableCloudError, stop=self.stopping,
+                                   initial=0.5, maximum=30.0, what="describing this node")
 
     def start(self) -> None:
         self.store = Store(self.config.state_path)
@@ -124,7 +118,7 @@ class Agent:
             except Exception:  # noqa: BLE001 - the sweep must outlive one bad pass
                 logger.exception("orphan sweep failed")
 
-    def _snat_config(self, node: Node) -> SnatConfig | None:
+    def _snat_config(self, node: CloudNode) -> SnatConfig | None:
         if not self.config.snat:
             return SnatConfig(node.instance.primary_ip, ("0.0.0.0/0",), (), enabled=False)
         if not self.config.vpc_cidrs:

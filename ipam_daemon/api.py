@@ -29,6 +29,7 @@ from typing import Any
 from cni.invocation import Answer, run_invocation
 from cni.spec import API_VERSION, SUPPORTED_VERSIONS, CniError, Code
 
+from ipam_daemon.errors import kind_of
 from ipam_daemon.service import AttachCall, CheckCall, DetachCall, Service
 from ipam_daemon.store import AllocationKey, PodInfo
 
@@ -192,7 +193,7 @@ def _error_reply(exc: BaseException) -> tuple[int, dict]:
         return 503, {"code": int(Code.IO_FAILURE), "msg": f"agent state store failed: {exc}"
                      " (check the state directory's disk)"}
     if isinstance(exc, CniError):
-        status = 400 if exc.code < 11 else 503 if exc.code in (11, 50, 51, 102) else 500
+        status = kind_of(exc.code).http_status
         reply = {"code": exc.code, "msg": exc.msg}
         if exc.details:
             reply["details"] = exc.details

@@ -19,10 +19,11 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cni.spec import CniError, Code
+from cni.spec import CniError
 
 from ipam_daemon.config import AgentConfig, ConfigError, parse_config
 from ipam_daemon.config_follower import ConfigFollower, base_config_of
+from ipam_daemon.errors import reason_for
 from ipam_daemon.kube import IPStatus, KubeIntegration, KubeSettings, NodeIdentity, Reason
 from ipam_daemon.kube.client import KubeError
 from ipam_daemon.kube.identity import IdentityError
@@ -33,13 +34,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REASON_BY_CODE = {
-    Code.SUBNET_EXHAUSTED: Reason.SUBNET_EXHAUSTED,
-    Code.ENI_LIMIT_REACHED: Reason.ENI_LIMIT_REACHED,
-    Code.CLOUD_THROTTLED: Reason.CLOUD_THROTTLED,
-    Code.CLOUD_PERMISSION_DENIED: Reason.CLOUD_PERMISSION_DENIED,
-    Code.TRY_AGAIN_LATER: Reason.AGENT_NOT_READY,
-}
 IDENTITY_RETRY = 5.0  # seconds between identity attempts while no instance id is known
 PUBLISH_EVERY = 1.0  # seconds between reads of the pool's figures (the module rate-limits)
 
@@ -72,7 +66,7 @@ def ip_status_of(summary: dict, route_problem: str = "") -> IPStatus:
         return IPStatus(capacity, assigned, warm, False, Reason.AGENT_NOT_READY.value,
                         "the underlay agent is reconciling")
     if warm == 0 and (blocked is not None or assigned >= capacity):
-        reason = REASON_BY_CODE.get(Code(blocked["code"])) if blocked else None
+        reason = reason_for(blocked["code"]) if blocked else None
         return IPStatus(capacity, assigned, warm, False,
                         reason.value if reason else "PoolExhausted",
                         f"no free pod IP: {pool_message(summary)}"
@@ -171,7 +165,7 @@ class KubeBridge:
 
     def attach_failed(self, pod: Any, exc: CniError) -> None:
         """A Warning event on the pod, with the numbers; never blocks."""
-        reason = REASON_BY_CODE.get(exc.code)
+        reason = reason_for(exc.code)
         if reason is None or not pod.name or self.agent is None or self.agent.service is None:
             return
         summary = self.agent.service.pool_summary()
@@ -225,6 +219,6 @@ class KubeBridge:
             self._last_blocked = key
             if route_problem:
                 self.kube.warn_node(Reason.ROUTE_TABLE_FULL, route_problem)
-            elif blocked is not None and REASON_BY_CODE.get(Code(blocked["code"])):
-                self.kube.warn_node(REASON_BY_CODE[Code(blocked["code"])],
+            elif blocked is not None and reason_for(blocked["code"]):
+                self.kube.warn_node(reason_for(blocked["code"]),
                                     f"{blocked['msg']} ({pool_message(summary)})")

@@ -27,13 +27,15 @@ from cloud.api import Cloud
 from cloud.types import EniId
 from cni.spec import Code
 
+from ipam_daemon.backoff import retry_until_stopped
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.policy import (
     Action, Blocker, EniCounts, Kind, Limits, PeakWindow, Targets, decide,
 )
+from ipam_daemon.cloud_node import CloudNode
 from ipam_daemon.reconcile import (
-    Node, SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
+    SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
 )
 from ipam_daemon.store import Store
 from cni.datapath.base import Datapath
@@ -53,21 +55,20 @@ def reconcile_at_startup(reconcile: Callable[[], None], stop: threading.Event,
                          config: AgentConfig, mode: str) -> bool:
     """Run the startup reconcile until it succeeds (True) or ``stop`` is set (False), backing
     off between failed tries; shared by the ENI pool and the vpc-route pool."""
-    delay = min(config.pool_interval, 1.0)
-    while not stop.is_set():
-        try:
-            reconcile()
-            return True
-        except ce.CloudError as exc:
-            logger.warning("startup reconcile (%s mode) failed (%s); retrying in %.1fs", mode,
-                           exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, config.max_backoff)
-    return False
+    if stop.is_set():
+        return False
+    initial = min(config.pool_interval, 1.0)
+    try:
+        retry_until_stopped(reconcile, retry_on=ce.CloudError, stop=stop, initial=initial,
+                            maximum=max(config.max_backoff, initial),
+                            what=f"startup reconcile ({mode} mode)")
+    except ce.CloudError:
+        return False  # stopped while it still failed
+    return True
 
 
 class Pool:
-    def __init__(self, config: AgentConfig, cloud: Cloud, store: Store, node: Node, *,
+    def __init__(self, config: AgentConfig, cloud: Cloud, store: Store, node: CloudNode, *,
                  datapath: Datapath, metrics: Metrics | None = None, clock=time.time,
                  monotonic=time.monotonic, stop: threading.Event | None = None) -> None:
         self.config = config

@@ -1,4 +1,5 @@
-"""Who this node is in the cloud, and making the store agree with what the cloud holds.
+"""Making the store agree with what the cloud holds (who this node is in the cloud is
+``ipam_daemon.cloud_node``).
 
 ``reconcile_enis`` runs before the agent serves and then periodically, always on the pool
 loop's thread (the only thread that changes cloud state), so it never races a grow or a
@@ -15,30 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cloud.api import Cloud
-from cloud.errors import CloudError
-from cloud.imds import read_instance_identity
-from cloud.types import TAG_CLUSTER, Eni, Instance, InstanceId, InstanceLimits, Subnet, SubnetId
+from cloud.types import TAG_CLUSTER, Eni, Subnet, SubnetId
 from cni.datapath import EniLink
-
-from ipam_daemon.config import AgentConfig
-from ipam_daemon.store import EniRecord, Store
 from cni.datapath.base import Datapath
 
+from ipam_daemon.cloud_node import CloudNode
+from ipam_daemon.store import EniRecord, Store
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Node:
-    """The node as the cloud sees it: the instance named by the configuration (with
-    Kubernetes on, the Node's providerID put it there), else by the instance metadata
-    service."""
-
-    name: str
-    cluster: str
-    instance: Instance
-    limits: InstanceLimits
-    subnet_ids: tuple[SubnetId, ...]
-    security_groups: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -47,35 +32,6 @@ class ReconcileReport:
     addresses: int
     adopted: tuple[str, ...] = ()
     lost: tuple[str, ...] = field(default=())
-
-
-def instance_id_of(config: AgentConfig) -> str:
-    """The configured instance id, else the instance metadata service's; ValueError naming
-    both sources when neither has one (with Kubernetes on, the Node's providerID came
-    first: see ``ipam_daemon.kube.identity``)."""
-    if config.instance_id:
-        return config.instance_id
-    tried = "no instance id: (1) instance_id is not configured (nor UNDERLAY_INSTANCE_ID)"
-    if not config.imds_endpoint:
-        raise ValueError(f"{tried}; (2) the instance metadata service is off (imds_endpoint"
-                         " is empty)")
-    try:
-        return read_instance_identity(config.imds_endpoint).instance_id
-    except (CloudError, ValueError) as exc:
-        raise ValueError(f"{tried}; (2) {exc}") from None
-
-
-def discover_node(cloud: Cloud, config: AgentConfig) -> Node:
-    instance = cloud.describe_instance(InstanceId(instance_id_of(config)))
-    limits = cloud.instance_limits(instance.instance_type)
-    subnets = tuple(SubnetId(s) for s in config.subnets) or (instance.subnet_id,)
-    groups = tuple(config.security_groups) or tuple(instance.security_groups)
-    node = Node(config.node_name or instance.id, config.cluster, instance, limits, subnets,
-                groups)
-    logger.info("node %s: instance %s (%s: %d ENIs x %d IPs), subnets %s", node.name,
-                instance.id, limits.instance_type, limits.max_enis, limits.ips_per_eni,
-                ",".join(subnets))
-    return node
 
 
 class SubnetCache:
@@ -99,11 +55,11 @@ class SubnetCache:
         return subnets
 
 
-def is_ours(eni: Eni, node: Node) -> bool:
+def is_ours(eni: Eni, node: CloudNode) -> bool:
     return eni.id == node.instance.primary_eni_id or eni.tag(TAG_CLUSTER) == node.cluster
 
 
-def eni_record(eni: Eni, node: Node, subnets: SubnetCache, known: dict[str, EniRecord],
+def eni_record(eni: Eni, node: CloudNode, subnets: SubnetCache, known: dict[str, EniRecord],
                now: float) -> EniRecord:
     created = eni.created_at
     if created is not None:
@@ -122,7 +78,7 @@ def eni_link(record: EniRecord, mtu: int) -> EniLink:
     return EniLink(record.mac, record.device_index, record.subnet_cidr, gateway, mtu)
 
 
-def reconcile_enis(cloud: Cloud, store: Store, node: Node, subnets: SubnetCache,
+def reconcile_enis(cloud: Cloud, store: Store, node: CloudNode, subnets: SubnetCache,
                    datapath: Datapath, mtu: int, *, clock=time.time,
                    cooldown: float = 0.0) -> ReconcileReport:
     """Make the store hold exactly what the cloud says our attached ENIs hold, and keep

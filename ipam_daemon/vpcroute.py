@@ -33,11 +33,12 @@ from cloud import errors as ce
 from cloud.api import Cloud
 from cloud.types import EniId, InstanceId, RouteTable, RouteTableId
 
+from ipam_daemon.backoff import Backoff
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.policy import Limits
 from ipam_daemon.pool import reconcile_at_startup
-from ipam_daemon.reconcile import Node
+from ipam_daemon.cloud_node import CloudNode
 from ipam_daemon.routeplan import CREATE, DELETE, RouteChange, plan_routes, routes_used, sweep_targets
 from ipam_daemon.store import EniRecord, Store
 
@@ -50,7 +51,7 @@ def pod_addresses(pod_cidr: str) -> list[str]:
 
 
 class RoutePool:
-    def __init__(self, config: AgentConfig, cloud: Cloud, store: Store, node: Node, *,
+    def __init__(self, config: AgentConfig, cloud: Cloud, store: Store, node: CloudNode, *,
                  metrics: Metrics | None = None, stop: threading.Event | None = None,
                  clock=time.time, monotonic=time.monotonic) -> None:
         if not config.pod_cidr:
@@ -136,17 +137,18 @@ class RoutePool:
             self._thread.join(timeout)
 
     def run(self) -> None:
-        backoff = self.config.pool_interval
+        backoff = Backoff(self.config.pool_interval,
+                          max(self.config.max_backoff, self.config.pool_interval))
         while not self._stop.is_set():
             self._wake.clear()
             sweep = self._monotonic() >= self._next_sweep
             try:
                 self.sync_routes(sweep=sweep)
-                backoff = self.config.pool_interval
+                backoff.reset()
             except ce.CloudError as exc:
-                logger.warning("route sync failed: %s; next try in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.config.max_backoff)
+                delay = backoff.next_delay()
+                logger.warning("route sync failed: %s; next try in %.1fs", exc, delay)
+                self._stop.wait(delay)
                 continue
             except Exception:
                 logger.exception("route sync failed")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import cleanup
-from lab.harness import Cluster, HarnessError, Node
+from lab.harness import Cluster, HarnessError, LabNode
 from lab.node_io import build_shim, install_shim, wait_until
 from lab.cri.client import CriClient, CriError, PodPort, SandboxRequest
 from lab.pause_image import PAUSE_IMAGE, build_pause_image
@@ -100,7 +100,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 class NodeRuntime:
     """One node's containerd; see the module docstring."""
 
-    def __init__(self, cluster: Cluster, node: Node) -> None:
+    def __init__(self, cluster: Cluster, node: LabNode) -> None:
         self.cluster, self.node = cluster, node
         self.dir = node.workdir / "ctd"
         self.socket = str(self.dir / "containerd.sock")
@@ -310,7 +310,7 @@ class RuntimePod:
     uid: str
     ip: str
     netns: str
-    node: Node
+    node: LabNode
 
     def exec(self, cmd: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
         """Run a command inside the sandbox's network namespace."""

@@ -73,7 +73,7 @@ class HarnessError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Node:
+class LabNode:
     index: int
     name: str
     instance_id: str
@@ -92,7 +92,7 @@ class Node:
 class Pod:
     name: str
     namespace: str
-    node: Node
+    node: LabNode
     container_id: str
     netns: str
     ifname: str
@@ -106,7 +106,7 @@ class Pod:
 
 @dataclass
 class Agent:
-    node: Node
+    node: LabNode
     config: dict[str, Any]
     process: subprocess.Popen
     log_path: Path
@@ -143,7 +143,7 @@ class Cluster:
         self.cloud: EmulatedCloud | None = None
         self.world: World | None = None
         self.fabric: Fabric | None = None
-        self.nodes: list[Node] = []
+        self.nodes: list[LabNode] = []
         self.agents: dict[str, Agent] = {}
         self.pods: dict[tuple[str, str], Pod] = {}
         self._endpoints: dict[str, str] = {}
@@ -168,7 +168,7 @@ class Cluster:
             self.fabric.start()
             template = json.loads(Path(self.conflist).read_text())
             for index, inst in enumerate(self.world.instances):
-                node = Node(index, inst.name, inst.instance_id, inst.primary_ip,
+                node = LabNode(index, inst.name, inst.instance_id, inst.primary_ip,
                             inst.primary_eni_id, inst.subnet_id,
                             self.fabric.node_netns(inst.instance_id),
                             self.workdir / f"n{index}")
@@ -219,7 +219,7 @@ class Cluster:
             logger.exception("cluster teardown step %s failed", getattr(step, "__name__", step))
 
     # -- the instance metadata service ---------------------------------------------------
-    def serve_imds(self, node_ref: int | str | Node) -> None:
+    def serve_imds(self, node_ref: int | str | LabNode) -> None:
         """IMDSv2 on 169.254.169.254 inside the node's namespace (lab.imds)."""
         node = self.node(node_ref)
         assert self.cloud is not None and self.fabric is not None
@@ -228,21 +228,21 @@ class Cluster:
                                               node.instance_id, self.cloud.region,
                                               self.cloud.snapshot)
 
-    def stop_imds(self, node_ref: int | str | Node) -> None:
+    def stop_imds(self, node_ref: int | str | LabNode) -> None:
         server = self.imds.pop(self.node(node_ref).name, None)
         if server is not None:
             server.stop()
 
     # -- agents --------------------------------------------------------------------------
-    def node(self, ref: int | str | Node) -> Node:
-        if isinstance(ref, Node):
+    def node(self, ref: int | str | LabNode) -> LabNode:
+        if isinstance(ref, LabNode):
             return ref
         for node in self.nodes:
             if ref in (node.index, node.name, node.instance_id):
                 return node
         raise KeyError(f"no node {ref!r} in cluster {self.prefix}")
 
-    def agent_config(self, node: Node, overrides: Mapping[str, Any] | None = None) -> dict:
+    def agent_config(self, node: LabNode, overrides: Mapping[str, Any] | None = None) -> dict:
         assert self.world is not None and self.cloud is not None
         config = dict(FAST_AGENT_CONFIG, datapath=self.mode)
         config.update(cluster=self.world.cluster, node_name=node.name,
@@ -253,7 +253,7 @@ class Cluster:
         config.update(overrides or {})
         return config
 
-    def run_agent(self, node_ref: int | str | Node,
+    def run_agent(self, node_ref: int | str | LabNode,
                   config_overrides: Mapping[str, Any] | None = None, *,
                   wait_ready: bool = True, timeout: float = 30.0) -> Agent:
         """Start ``python -m ipam_daemon.main --config FILE`` inside the node's network
@@ -284,7 +284,7 @@ class Cluster:
             self.wait_agent_ready(node, timeout)
         return agent
 
-    def wait_agent_ready(self, node_ref: int | str | Node, timeout: float = 30.0) -> None:
+    def wait_agent_ready(self, node_ref: int | str | LabNode, timeout: float = 30.0) -> None:
         node = self.node(node_ref)
         agent = self.agents[node.name]
 
@@ -302,7 +302,7 @@ class Cluster:
             raise HarnessError(f"agent on {node.name} not ready after {timeout}s:\n"
                                f"{agent.log_tail()}")
 
-    def stop_agent(self, node_ref: int | str | Node, *, kill: bool = False) -> int | None:
+    def stop_agent(self, node_ref: int | str | LabNode, *, kill: bool = False) -> int | None:
         """SIGTERM (or SIGKILL with ``kill``) the node's agent; returns its exit code."""
         node = self.node(node_ref)
         agent = self.agents.pop(node.name, None)
@@ -320,7 +320,7 @@ class Cluster:
                 process.kill()
         return process.wait(timeout=10)
 
-    def wait_reaped(self, node_ref: int | str | Node, timeout: float = 10.0) -> None:
+    def wait_reaped(self, node_ref: int | str | LabNode, timeout: float = 10.0) -> None:
         """Wait until the node's agent has deleted the host veths of the pods deleted so far
         (each DEL hands its host veth to a reaper thread and returns)."""
         node = self.node(node_ref)
@@ -334,12 +334,12 @@ class Cluster:
             raise HarnessError(f"host veths of deleted pods still on {node.name} after "
                                f"{timeout}s")
 
-    def agent_get(self, node_ref: int | str | Node, path: str) -> tuple[int, Any]:
+    def agent_get(self, node_ref: int | str | LabNode, path: str) -> tuple[int, Any]:
         """GET on the node agent's socket, e.g. ``/v1/pool``, ``/v1/pods``, ``/v1/enis``."""
         return query_agent(self.node(node_ref).socket_path, path)
 
     # -- pods ----------------------------------------------------------------------------
-    def add_pod(self, node_ref: int | str | Node, name: str, namespace: str = "default",
+    def add_pod(self, node_ref: int | str | LabNode, name: str, namespace: str = "default",
                 ifname: str = "eth0") -> Pod:
         """A pod sandbox (a namespace) wired by ``libcni add`` run on the node."""
         node = self.node(node_ref)
@@ -356,7 +356,7 @@ class Cluster:
             with self._pods_lock:
                 self._adding.discard((namespace, name))
 
-    def _add_pod(self, node: Node, name: str, namespace: str, ifname: str) -> Pod:
+    def _add_pod(self, node: LabNode, name: str, namespace: str, ifname: str) -> Pod:
         assert self.record is not None
         sandbox = name if namespace == "default" else f"{namespace}.{name}"
         netns = f"{self.prefix}-p{sandbox}"
@@ -387,7 +387,7 @@ class Cluster:
         with self._pods_lock:
             self.pods.pop((pod.namespace, pod.name), None)
 
-    def _libcni(self, node: Node, command: str, netns: str, container_id: str, ifname: str,
+    def _libcni(self, node: LabNode, command: str, netns: str, container_id: str, ifname: str,
                 namespace: str, name: str) -> str:
         args = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
                 f"K8S_POD_INFRA_CONTAINER_ID={container_id}")  # as containerd passes them
@@ -404,7 +404,7 @@ class Cluster:
                                f"{proc.stdout.strip()} {proc.stderr.strip()}")
         return proc.stdout
 
-    def conflist_for(self, node: Node) -> str:
+    def conflist_for(self, node: LabNode) -> str:
         """The node's conflist: the shared one with the node's agent socket, or, once
         :meth:`use_conf_dir` named a directory for the node, the file a runtime loads from
         it: the first of its ``*.conf``/``*.conflist``/``*.json`` files in name order, as
@@ -418,13 +418,13 @@ class Cluster:
             raise HarnessError(f"no network configuration in {conf_dir} for {node.name}")
         return str(conf_dir / found[0])
 
-    def use_conf_dir(self, node_ref: int | str | Node, conf_dir: Path) -> None:
+    def use_conf_dir(self, node_ref: int | str | LabNode, conf_dir: Path) -> None:
         """Pods of the node are added and deleted with the first conflist of ``conf_dir``
         at that moment (like /etc/cni/net.d on a real node)."""
         self.conf_dirs[self.node(node_ref).name] = Path(conf_dir)
 
     # -- commands ------------------------------------------------------------------------
-    def exec_in(self, target: Node | Pod | str, cmd: Sequence[str], *, check: bool = True,
+    def exec_in(self, target: LabNode | Pod | str, cmd: Sequence[str], *, check: bool = True,
                 timeout: float = _COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
         """Run ``cmd`` inside a node's or pod's namespace (or one named by the run)."""
         netns = target if isinstance(target, str) else target.netns
@@ -438,7 +438,7 @@ class Cluster:
                                f"{proc.stdout.strip()} {proc.stderr.strip()}")
         return proc
 
-    def source_seen_outside(self, target: Node | Pod, port: int = 8080,
+    def source_seen_outside(self, target: LabNode | Pod, port: int = 8080,
                             timeout: float = 10.0) -> str:
         """Open a TCP connection from ``target`` to the outside host and return the source
         address the outside host saw (the node's primary IP when SNAT applies)."""

@@ -3,12 +3,9 @@
 wait."""
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cni.conflist import ConflistOptions, render_conflist_json
+from ipam_daemon.client import AgentClient
 
 logger = logging.getLogger(__name__)
 
@@ -91,35 +89,13 @@ def write_cni_files(workdir: Path) -> tuple[str, str]:
     return str(bin_dir), str(conflist)
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("agent", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def query_agent(socket_path: str, path: str, timeout: float = _SOCKET_TIMEOUT) -> tuple[int, Any]:
     """GET ``path`` on the agent's socket; (HTTP status, decoded JSON body)."""
-    conn = _UnixConnection(socket_path, timeout)
+    client = AgentClient(socket_path, timeout)
     try:
-        conn.request("GET", path)
-        reply = conn.getresponse()
-        raw = reply.read()
+        return client.get(path)
     finally:
-        conn.close()
-    try:
-        return reply.status, json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        return reply.status, raw.decode("utf-8", "replace")
+        client.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05,

@@ -42,7 +42,7 @@ from fake_apiserver import FakeApiServer
 from fake_apiserver.cluster import Kube, count_log_lines, stale_allocations, wait_for_pod_gc
 from fake_apiserver.disrupt import Disruptions, disrupt
 
-from lab.harness import Cluster, HarnessError, Node, Pod
+from lab.harness import Cluster, HarnessError, LabNode, Pod
 from lab.node_io import wait_until
 from cloud.types import TAG_CLUSTER
 
@@ -112,7 +112,7 @@ def try_delete(kube: Kube, pod: Pod, terminating: list[Pod], stats: Stats) -> No
         stats.count("failed_dels", str(exc))
 
 
-def churn(kube: Kube, node: Node, rng: random.Random, stop: threading.Event,
+def churn(kube: Kube, node: LabNode, rng: random.Random, stop: threading.Event,
           stats: Stats, terminating: list[Pod]) -> None:
     """ADD and DEL pods on ``node`` until ``stop``. A pod whose DEL failed never comes back:
     it stays in ``terminating`` and its DEL is retried first."""
@@ -158,7 +158,7 @@ def churn(kube: Kube, node: Node, rng: random.Random, stop: threading.Event,
         mine.append(pod)
 
 
-def ensure_agent(kube: Kube, node: Node) -> None:
+def ensure_agent(kube: Kube, node: LabNode) -> None:
     agent = kube.cluster.agents.get(node.name)
     if agent is not None and agent.process.poll() is None:
         return
@@ -182,7 +182,7 @@ def fill_disk(directory: Path) -> Path:
 
 
 def kill_loop(kube: Kube, kills: int, rng: random.Random, stats: Stats,
-              full_node: Node) -> None:
+              full_node: LabNode) -> None:
     """SIGKILL a random agent at a random instant, restart it; midway, fill ``full_node``'s
     state disk for a few seconds of churn, then free it."""
     cluster = kube.cluster
@@ -218,11 +218,11 @@ def tmpfs_at(path: Path, size: str) -> Iterator[Path]:
 
 
 # -- invariants ----------------------------------------------------------------------------
-def run_json(cluster: Cluster, node: Node, *cmd: str) -> list[dict]:
+def run_json(cluster: Cluster, node: LabNode, *cmd: str) -> list[dict]:
     return json.loads(cluster.exec_in(node, list(cmd)).stdout or "[]")
 
 
-def collect_garbage(cluster: Cluster, node: Node, live: list[Pod]) -> None:
+def collect_garbage(cluster: Cluster, node: LabNode, live: list[Pod]) -> None:
     """CNI GC as a 1.1 runtime runs it: every attachment but those of ``live`` goes."""
     conflist = json.loads(Path(cluster.conflist_for(node)).read_text())
     conf = {"cniVersion": "1.1.0", "name": conflist["name"], **conflist["plugins"][0],
@@ -237,7 +237,7 @@ def collect_garbage(cluster: Cluster, node: Node, live: list[Pod]) -> None:
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
 
 
-def ping(cluster: Cluster, source: Node | Pod, address: str) -> bool:
+def ping(cluster: Cluster, source: LabNode | Pod, address: str) -> bool:
     return cluster.exec_in(source, ["busybox", "ping", "-c", "1", "-W", "2", address],
                            check=False).returncode == 0
 

@@ -20,7 +20,7 @@ from cni_fixtures import (  # noqa: F401 - fixtures
     cni_bin_dir, make_netns, run_plugin, shim_binary, short_tmp, socket_recorder,
 )
 
-from lab.harness import Cluster, Node
+from lab.harness import Cluster, LabNode
 from lab.node_io import query_agent, wait_until
 
 CID = "4f1c0ffee0123456789abcdef"
@@ -144,7 +144,7 @@ def _error(proc) -> dict:
 
 
 @pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
+def node() -> Iterator[LabNode]:
     """One node of the emulated VPC with a live veth agent holding one pod (``keep``),
     which a wrongly accepted DEL or GC would release."""
     with Cluster(nodes=1, instance_type="t3.small") as cluster:
@@ -156,7 +156,7 @@ def node() -> Iterator[Node]:
         yield node
 
 
-def _node_state(node: Node, pod: str, sock_dir: str) -> tuple:
+def _node_state(node: LabNode, pod: str, sock_dir: str) -> tuple:
     """What a wrongly accepted request would change (IPv4 only: IPv6 link-local addresses
     finish duplicate address detection by themselves)."""
     def ip(netns: str, *args: str) -> str:

@@ -22,7 +22,7 @@ import pytest
 
 from lab import cleanup
 from lab.fabric_plan import name_router_link
-from lab.harness import REFERENCE_PLUGINS, Cluster, Node, Pod
+from lab.harness import REFERENCE_PLUGINS, Cluster, LabNode, Pod
 from lab.node_io import probe_source_outside, wait_until
 from cni.conflist import ConflistOptions, render_conflist_json
 
@@ -75,13 +75,13 @@ def pods(cluster: Cluster) -> Iterator[list[Pod]]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def ping(cluster: Cluster, source: Node | Pod, address: str, count: int = 1) -> bool:
+def ping(cluster: Cluster, source: LabNode | Pod, address: str, count: int = 1) -> bool:
     proc = cluster.exec_in(source, ["busybox", "ping", "-c", str(count), "-i", "0.02", "-W",
                                     "2", address], check=False)
     return proc.returncode == 0
 
 
-def reachable(cluster: Cluster, source: Node | Pod, address: str) -> bool:
+def reachable(cluster: Cluster, source: LabNode | Pod, address: str) -> bool:
     """A positive check, retried for a few seconds so a loaded machine cannot fail it."""
     return wait_until(lambda: ping(cluster, source, address), 5.0)
 
@@ -93,14 +93,14 @@ def router_rx(cluster: Cluster, eni_id: str) -> int:
     return json.loads(out)[0]["stats64"]["rx"]["packets"]
 
 
-def pods_of(cluster: Cluster, node: Node) -> dict[str, dict]:
+def pods_of(cluster: Cluster, node: LabNode) -> dict[str, dict]:
     """The agent's allocations on ``node``, by container id."""
     status, listed = cluster.agent_get(node, "/v1/pods")
     assert status == 200, listed
     return {p["container_id"]: p for p in listed}
 
 
-def node_state(cluster: Cluster, node: Node) -> dict[str, list[str]]:
+def node_state(cluster: Cluster, node: LabNode) -> dict[str, list[str]]:
     """What a pod may leave behind in the node namespace: links, rules, routes (all tables,
     both families), neighbours and the iptables rules."""
     def lines(*cmd: str) -> list[str]:
@@ -115,7 +115,7 @@ def node_state(cluster: Cluster, node: Node) -> dict[str, list[str]]:
             "iptables": [r for r in lines("iptables-save") if not r.startswith(":")]}
 
 
-def wait_pool_warm(cluster: Cluster, node: Node) -> None:
+def wait_pool_warm(cluster: Cluster, node: LabNode) -> None:
     """The warm pool holds its free addresses again and nothing cools."""
     def warm() -> bool:
         pool = cluster.agent_get(node, "/v1/pool")[1]
@@ -142,14 +142,14 @@ def libcni(cluster: Cluster, pod: Pod, command: str, *, conflist: str | None = N
         capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
-def plugin_conf(cluster: Cluster, node: Node, **extra: object) -> dict:
+def plugin_conf(cluster: Cluster, node: LabNode, **extra: object) -> dict:
     """The netconf a 1.1.0 runtime passes to the first plugin of the node's conflist."""
     with open(cluster.conflist_for(node)) as f:
         conflist = json.load(f)
     return {"cniVersion": "1.1.0", "name": conflist["name"], **conflist["plugins"][0], **extra}
 
 
-def exec_plugin(cluster: Cluster, node: Node, command: str, conf: dict
+def exec_plugin(cluster: Cluster, node: LabNode, command: str, conf: dict
                 ) -> subprocess.CompletedProcess:
     """Exec the plugin on the node as the spec describes: CNI_* env and netconf on stdin."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
@@ -170,7 +170,7 @@ def names_pod(line: str, ip: str, links: tuple[str, ...]) -> bool:
         any(re.search(rf"\b{re.escape(link)}\b", line) for link in links)
 
 
-def rules_for(cluster: Cluster, node: Node, ip: str) -> list[str]:
+def rules_for(cluster: Cluster, node: LabNode, ip: str) -> list[str]:
     return [r for r in node_state(cluster, node)["rules"] if f" {ip} " in f"{r} "]
 
 

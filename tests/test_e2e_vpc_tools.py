@@ -12,7 +12,7 @@ from typing import Any
 
 from lab.ec2.addresses import usable_range
 from lab.fabric_plan import name_router_link
-from lab.harness import Cluster, Node, Pod
+from lab.harness import Cluster, LabNode, Pod
 from lab.node_io import wait_until
 
 PYTHON = sys.executable
@@ -56,18 +56,18 @@ print("match" if bytes(got) == payload else f"mismatch {len(got)} of {len(payloa
 """
 
 
-def ping(cluster: Cluster, source: Node | Pod, address: str) -> bool:
+def ping(cluster: Cluster, source: LabNode | Pod, address: str) -> bool:
     proc = cluster.exec_in(source, ["busybox", "ping", "-c", "1", "-W", "2", address],
                            check=False)
     return proc.returncode == 0
 
 
-def reachable(cluster: Cluster, source: Node | Pod, address: str) -> bool:
+def reachable(cluster: Cluster, source: LabNode | Pod, address: str) -> bool:
     """A positive check, retried for a few seconds so a loaded machine cannot fail it."""
     return wait_until(lambda: ping(cluster, source, address), 5.0, step=0.2)
 
 
-def unreachable_from(cluster: Cluster, source: Node | Pod, addresses: Iterable[str]) -> list[str]:
+def unreachable_from(cluster: Cluster, source: LabNode | Pod, addresses: Iterable[str]) -> list[str]:
     """Ping every address once from one namespace (one shell); the ones that did not answer.
     Each miss is retried once more so a loaded machine cannot fail it."""
     script = ("for ip in \"$@\"; do busybox ping -c 1 -W 2 \"$ip\" >/dev/null 2>&1 || "
@@ -122,13 +122,13 @@ def router_route_dev(cluster: Cluster, address: str) -> str | None:
     return routes[0]["dev"] if routes else None
 
 
-def agent_pods(cluster: Cluster, node: Node) -> list[dict[str, Any]]:
+def agent_pods(cluster: Cluster, node: LabNode) -> list[dict[str, Any]]:
     status, body = cluster.agent_get(node, "/v1/pods")
     assert status == 200, body
     return body
 
 
-def agent_pool(cluster: Cluster, node: Node) -> dict[str, Any]:
+def agent_pool(cluster: Cluster, node: LabNode) -> dict[str, Any]:
     status, body = cluster.agent_get(node, "/v1/pool")
     assert status == 200, body
     return body
@@ -164,7 +164,7 @@ def free_in_subnet(cluster: Cluster, subnet_id: str) -> list[str]:
             if str(ipaddress.IPv4Address(a)) not in used]
 
 
-def node_leftovers(cluster: Cluster, node: Node) -> dict[str, list[str]]:
+def node_leftovers(cluster: Cluster, node: LabNode) -> dict[str, list[str]]:
     """Pod traces on a node: host-side pod links, per-pod rules, /32 pod routes."""
     links = json.loads(cluster.exec_in(node, ["ip", "-j", "link", "show"]).stdout)
     pod_links = [link["ifname"] for link in links
@@ -178,7 +178,7 @@ def node_leftovers(cluster: Cluster, node: Node) -> dict[str, list[str]]:
                               ("routes", pod_routes)) if v}
 
 
-def node_state(cluster: Cluster, node: Node) -> dict[str, set[str]]:
+def node_state(cluster: Cluster, node: LabNode) -> dict[str, set[str]]:
     """A node's links (name, kind), rules, routes of every table and iptables rules: what
     pods and secondary ENIs add and must take away again."""
     links = {f"{link['ifname']} {link.get('link_type')}" for link in

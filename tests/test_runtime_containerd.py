@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.harness import Cluster, Node
+from lab.harness import Cluster, LabNode
 from lab.node_io import wait_until
 from lab.containerd import (SHIM_SOCKETS, NodeRuntime, RuntimePod, install_underlay,
                             node_runtimes, remove_pod, run_pod, wait_network_ready)
@@ -94,7 +94,7 @@ def start(world: World, pods: list, node: int, name: str, **kwargs) -> RuntimePo
     return pod
 
 
-def record_of(cluster: Cluster, node: Node, sandbox_id: str) -> dict | None:
+def record_of(cluster: Cluster, node: LabNode, sandbox_id: str) -> dict | None:
     return next((p for p in agent_pods(cluster, node) if p["container_id"] == sandbox_id), None)
 
 
@@ -103,7 +103,7 @@ def pings(pod: RuntimePod, address: str) -> bool:
                                         address]).returncode == 0, 6.0, step=0.2)
 
 
-def traces(cluster: Cluster, node: Node, ip: str) -> list[str]:
+def traces(cluster: Cluster, node: LabNode, ip: str) -> list[str]:
     """Anything on the node that still names the pod's address."""
     out = []
     for cmd in (["ip", "rule"], ["ip", "-4", "route", "show", "table", "all"],

@@ -1,4 +1,4 @@
-"""veth mode: one veth pair per pod, policy routing on the node (DESIGN.md "Datapath").
+"""veth mode: one veth pair per pod, policy routing on the node (docs/architecture.md).
 
 Runs in the node's namespace (the calling thread's); the pod's namespace is given by path.
 
@@ -32,9 +32,7 @@ import errno
 import fcntl
 import logging
 import os
-import queue
 import threading
-from typing import Any
 
 from cni.datapath import (LINK_LOCAL_GW, RULE_PRIO_FROM_POD, RULE_PRIO_TO_POD,
                           DatapathError, NetnsMissing, PodSpec, SnatConfig, WiredPod)

@@ -9,7 +9,6 @@ queue is full the event is dropped and counted."""
 from __future__ import annotations
 
 import datetime
-import enum
 import logging
 import queue
 import threading
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from cloud import errors as cloud_errors
+from ipam_daemon.errors import Reason, reason_for
 
 from .client import KubeApi
 
@@ -26,31 +26,13 @@ logger = logging.getLogger(__name__)
 COMPONENT = "underlay-agent"
 
 
-class Reason(str, enum.Enum):
-    SUBNET_EXHAUSTED = "SubnetExhausted"
-    ENI_LIMIT_REACHED = "ENILimitReached"
-    CLOUD_THROTTLED = "CloudThrottled"
-    CLOUD_PERMISSION_DENIED = "CloudPermissionDenied"
-    AGENT_NOT_READY = "AgentNotReady"
-    ROUTE_TABLE_FULL = "RouteTableFull"  # vpc-route mode: the node's route cannot be added
-    CONFIG_REJECTED = "ConfigRejected"  # an edited ConfigMap is invalid: the old one is kept
-    CONFIG_NEEDS_RESTART = "ConfigNeedsRestart"  # changed keys apply only after a restart
-
-
 ACTIONS = {Reason.CONFIG_REJECTED: "ApplyConfig", Reason.CONFIG_NEEDS_RESTART: "ApplyConfig"}
 
 
-def reason_for_cloud_error(exc: BaseException) -> Reason | None:
-    """The event reason for a cloud error the pool ran into (None: not event-worthy)."""
-    if isinstance(exc, cloud_errors.SubnetExhausted):
-        return Reason.SUBNET_EXHAUSTED
-    if isinstance(exc, cloud_errors.LimitReached):
-        return Reason.ENI_LIMIT_REACHED
-    if isinstance(exc, cloud_errors.Throttled):
-        return Reason.CLOUD_THROTTLED
-    if isinstance(exc, cloud_errors.PermissionDenied):
-        return Reason.CLOUD_PERMISSION_DENIED
-    return None
+def reason_for_cloud_error(exc: cloud_errors.CloudError) -> Reason | None:
+    """The event reason for a cloud error the pool ran into (None: not event-worthy),
+    from the error table by the code the error carries."""
+    return reason_for(exc.cni_code)
 
 
 def describe(reason: Reason, *, free_addresses: int | None = None, subnet: str = "",

@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 from cloud.errors import CloudError
 from cloud.imds import read_instance_identity
 
+from ipam_daemon.backoff import Backoff
+
 from .client import KubeApi, KubeError, KubeNotFound
 
 logger = logging.getLogger(__name__)
@@ -180,7 +182,7 @@ def resolve_identity_within(api: KubeApi, node_name: str, base_config: Mapping[s
     """Retry :func:`resolve_identity` for at most ``wait`` seconds, then fall back to the
     configuration (``source="configuration"``). An invalid override falls back at once."""
     deadline = clock() + wait
-    delay = api.settings.backoff_min
+    backoff = Backoff(api.settings.backoff_min, api.settings.backoff_max)
     while True:
         try:
             return resolve_identity(api, node_name, base_config, validate)
@@ -193,5 +195,4 @@ def resolve_identity_within(api: KubeApi, node_name: str, base_config: Mapping[s
                 logger.warning("node %s: API server unavailable (%s); starting from the configuration "
                                "and catching up later", node_name, exc)
                 return fallback_identity(node_name, base_config)
-            stop.wait(min(delay, left))
-            delay = min(delay * 2, api.settings.backoff_max)
+            stop.wait(min(backoff.next_delay(), left))

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ipam_daemon.backoff import Backoff
+
 from .client import KubeApi
 from .watcher import Watcher
 
@@ -97,16 +99,16 @@ class NodeStatusPublisher:
         self._wake.set()
 
     def _run(self) -> None:
-        delay = self.api.settings.backoff_min
+        backoff = Backoff(self.api.settings.backoff_min, self.api.settings.backoff_max)
         while not self.stopped.is_set():
             try:
                 wait = self.publish_once()
-                delay = self.api.settings.backoff_min
+                backoff.reset()
             except Exception as exc:  # KubeError, or a bug: the worker must survive both
                 self.patches["failed"] += 1
-                logger.warning("node %s: status patch failed (%s); retrying in %.1fs", self.node_name, exc, delay)
-                wait = delay
-                delay = min(delay * 2, self.api.settings.backoff_max)
+                wait = backoff.next_delay()
+                logger.warning("node %s: status patch failed (%s); retrying in %.1fs",
+                               self.node_name, exc, wait)
             self._wake.wait(wait)
             self._wake.clear()
 

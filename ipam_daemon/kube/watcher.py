@@ -14,6 +14,8 @@ from typing import Any, Callable
 import urllib3
 from kubernetes.watch.watch import iter_resp_lines
 
+from ipam_daemon.backoff import Backoff
+
 from .client import KubeApi, KubeError, KubeGone, KubeUnavailable, translate_error
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class Watcher:
 
     # -- loop ---------------------------------------------------------------------
     def run(self) -> None:
-        delay = self.api.settings.backoff_min
+        backoff = Backoff(self.api.settings.backoff_min, self.api.settings.backoff_max)
         while not self.stopped.is_set():
             try:
                 if self.resource_version is None:
@@ -78,18 +80,18 @@ class Watcher:
                 else:
                     self.resumes += 1
                 self._watch_once()
-                delay = self.api.settings.backoff_min
+                backoff.reset()
             except KubeGone as exc:
                 logger.info("watch %s: %s; relisting", self.name, exc)
                 self.resource_version = None
             except Exception as exc:  # KubeError, or a bug: the loop must outlive both
                 self.errors += 1
+                delay = backoff.next_delay()
                 if isinstance(exc, KubeError):
                     logger.warning("watch %s: %s; retrying in %.1fs", self.name, exc, delay)
                 else:
                     logger.exception("watch %s: unexpected failure; retrying in %.1fs", self.name, delay)
                 self.stopped.wait(delay)
-                delay = min(delay * 2, self.api.settings.backoff_max)
 
     def _relist(self) -> None:
         items: list[Obj] = []

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.harness import Cluster, Node, Pod
+from lab.harness import Cluster, LabNode, Pod
 from lab.node_io import wait_until
 
 from .server import FakeApiServer
@@ -24,7 +24,7 @@ class Kube:
     api: FakeApiServer
     urls: dict[str, str] = field(default_factory=dict)  # node name -> URL inside its netns
 
-    def register(self, node: Node, *, provider_id: bool = True) -> None:
+    def register(self, node: LabNode, *, provider_id: bool = True) -> None:
         """The Node (with the providerID of its instance unless ``provider_id`` is off: the
         agent must then find its instance another way), served inside its namespace."""
         assert self.cluster.cloud is not None
@@ -35,11 +35,11 @@ class Kube:
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
         self.urls[node.name] = self.api.listen_in_netns(f"/run/netns/{node.netns}")
 
-    def overrides(self, node: Node, base: Mapping[str, Any]) -> dict:
+    def overrides(self, node: LabNode, base: Mapping[str, Any]) -> dict:
         """``base`` agent configuration overrides, talking to this API server."""
         return {**base, "kubernetes": "host", "kube_host": self.urls[node.name]}
 
-    def add_pod(self, node: Node, name: str) -> Pod:
+    def add_pod(self, node: LabNode, name: str) -> Pod:
         self.api.create("pods", {"metadata": {"name": name, "namespace": "default"},
                                  "spec": {"nodeName": node.name,
                                           "containers": [{"name": "c", "image": "busybox"}]}},
