@@ -10,6 +10,7 @@
         │   ├── IpLimitReached     PrivateIpAddressLimitExceeded
         │   └── EniLimitReached    AttachmentLimitExceeded
         ├── SubnetExhausted        InsufficientFreeAddressesInSubnet
+        │   └── SubnetFragmented   InsufficientCidrBlocks (no free aligned /28 prefix)
         ├── NotFound               InvalidNetworkInterfaceID.NotFound and kin
         ├── InUse                  InvalidNetworkInterface.InUse
         ├── PermissionDenied       UnauthorizedOperation, AuthFailure
@@ -65,6 +66,12 @@ class EniLimitReached(LimitReached):
 
 class SubnetExhausted(PermanentCloudError):
     cni_code = 100  # subnet exhausted
+
+
+class SubnetFragmented(SubnetExhausted):
+    """Prefix delegation: the subnet still has free addresses, but no free aligned /28."""
+
+    cni_code = 108  # subnet fragmented
 
 
 class NotFound(PermanentCloudError):

@@ -55,6 +55,7 @@ class Code(IntEnum):
     DATAPATH_FAILURE = 105
     CHECK_FAILED = 106
     AGENT_INTERNAL = 107
+    SUBNET_FRAGMENTED = 108  # prefix mode: free addresses, but no free aligned /28
 
 
 class CniError(Exception):

@@ -22,6 +22,7 @@ from cni.spec import CniError, Code
 
 class Reason(str, enum.Enum):
     SUBNET_EXHAUSTED = "SubnetExhausted"
+    SUBNET_FRAGMENTED = "SubnetFragmented"  # prefix mode: no free aligned /28 in the subnet
     ENI_LIMIT_REACHED = "ENILimitReached"
     CLOUD_THROTTLED = "CloudThrottled"
     CLOUD_PERMISSION_DENIED = "CloudPermissionDenied"
@@ -63,6 +64,8 @@ ERRORS: dict[Code, ErrorKind] = {
     Code.DATAPATH_FAILURE: ErrorKind(500, None, False, "datapath failure"),
     Code.CHECK_FAILED: ErrorKind(500, None, False, "check failed"),
     Code.AGENT_INTERNAL: ErrorKind(500, None, False, "agent internal error"),
+    Code.SUBNET_FRAGMENTED: ErrorKind(500, Reason.SUBNET_FRAGMENTED, True,
+                                      "subnet fragmented (no free aligned /28 prefix)"),
 }
 
 
