@@ -7,31 +7,17 @@ import os
 
 import pytest
 from test_agent_helpers import (  # noqa: F401 - fixtures
-    CREDS, control, emulator, fast_config, make_world, wait_for,
+    control, emulator, in_process_agent, wait_for,
 )
 
-from ipam_daemon.agent import Agent
-from ipam_daemon.config import parse_config
 from ipam_daemon.store import AllocationKey, PodInfo
 
 
 @pytest.fixture
 def agent(emulator, tmp_path, monkeypatch):
-    for name, value in CREDS.items():
-        monkeypatch.setenv(name, value)
-    world = make_world(emulator)
-    config = parse_config(fast_config(
-        cluster=world.cluster, instance_id=world.instances[0].instance_id,
-        region=emulator.region, cloud_endpoint=emulator.endpoint, warm_ips=2,
-        socket_path=str(tmp_path / "run" / "agent.sock"),
-        state_path=str(tmp_path / "ipam.db"), status_port=0, metrics_port=0), {})
-    running = Agent(config)
-    try:
-        running.start()
+    with in_process_agent(emulator, tmp_path, monkeypatch, warm_ips=2) as running:
         yield running
-    finally:
-        running.stop()
-    assert not os.path.exists(config.socket_path)
+    assert not os.path.exists(running.config.socket_path)
 
 
 def test_cordon_pauses_growth_and_release_by_key(agent, control):

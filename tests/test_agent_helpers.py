@@ -3,6 +3,7 @@ world per test, and the agent as a real subprocess (datapath none: IPAM only, so
 in the root namespace; its socket lives in a temp dir and its status port on 127.0.0.1)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -209,3 +210,27 @@ def cloud_ips(cloud: Ec2Cloud, instance_id: str, cluster: str, primary_eni: str)
         if eni.id == primary_eni or eni.tag(TAG_CLUSTER) == cluster:
             out |= set(eni.secondary_ips)
     return out
+
+
+@contextlib.contextmanager
+def in_process_agent(emulator: EmulatedCloud, workdir: Path, monkeypatch,
+                     **config) -> Iterator["Agent"]:
+    """An Agent in this process (datapath none unless given) on a fresh world, started;
+    stopped at the end. Its listeners take free ports."""
+    from ipam_daemon.agent import Agent
+    from ipam_daemon.config import parse_config
+
+    for name, value in CREDS.items():
+        monkeypatch.setenv(name, value)
+    world = make_world(emulator)
+    parsed = parse_config(fast_config(
+        cluster=world.cluster, instance_id=world.instances[0].instance_id,
+        region=emulator.region, cloud_endpoint=emulator.endpoint,
+        socket_path=str(workdir / "run" / "agent.sock"), state_path=str(workdir / "ipam.db"),
+        status_port=0, metrics_port=0, **config), {})
+    running = Agent(parsed)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()

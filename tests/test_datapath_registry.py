@@ -11,13 +11,12 @@ import subprocess
 import pytest
 from cni_fixtures import cni_bin_dir  # noqa: F401 - fixture
 from test_agent_helpers import (  # noqa: F401 - fixtures
-    CREDS, control, emulator, fast_config, make_world, wait_for,
+    control, emulator, fast_config, in_process_agent, wait_for,
 )
 
 from cni.datapath import EniLink, PodSpec, SnatConfig, WiredPod
 from cni.datapath.base import ResultShape
 from cni.datapath.registry import datapath_names, register_datapath
-from ipam_daemon.agent import Agent
 from ipam_daemon.config import ConfigError, parse_config
 
 
@@ -61,21 +60,10 @@ register_datapath("recording", RecordingDatapath)  # the one line a new mode nee
 
 @pytest.fixture
 def agent(emulator, tmp_path, monkeypatch):
-    for name, value in CREDS.items():
-        monkeypatch.setenv(name, value)
-    world = make_world(emulator)
-    config = parse_config(fast_config(
-        cluster=world.cluster, instance_id=world.instances[0].instance_id,
-        region=emulator.region, cloud_endpoint=emulator.endpoint, warm_ips=1,
-        datapath="recording", socket_path=str(tmp_path / "run" / "agent.sock"),
-        state_path=str(tmp_path / "ipam.db"), status_port=0), {})
-    running = Agent(config)
-    try:
-        running.start()
+    with in_process_agent(emulator, tmp_path, monkeypatch, warm_ips=1,
+                          datapath="recording") as running:
         wait_for(lambda: running.service.pool_summary()["available"] >= 1, 10, "warm pool")
         yield running
-    finally:
-        running.stop()
 
 
 def shim(bin_dir: str, command: str, netconf: dict) -> subprocess.CompletedProcess:
