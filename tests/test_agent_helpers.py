@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import boto3
@@ -24,6 +25,9 @@ from lab.ec2.settings import EmulatorSettings
 from lab.ec2.world import World, build_world
 from cloud.types import TAG_CLUSTER, InstanceId
 from ipam_daemon.client import AgentClient
+
+if TYPE_CHECKING:
+    from ipam_daemon.agent import Agent
 
 PYTHON = sys.executable
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
