@@ -203,10 +203,9 @@ class Pool:
 
     def step(self) -> bool:
         """Do at most one thing; True when something was done (look again at once)."""
-        now = self._monotonic()
-        self._do_chores(now)
-        step = self.stepper.step(now, self.counts(), waiting=self._waiting,
-                                 cordoned=self._cordoned)
+        self._do_chores(self._monotonic())
+        step = self.stepper.step(self._monotonic(), self.counts(), waiting=self._waiting,
+                                 cordoned=self._cordoned)  # the clock after the chores' I/O
         if step.gate is Gate.AT_TARGET:
             self._note_policy_blocker(step.action)
         if not step.go:
