@@ -6,12 +6,15 @@ for pods) and a cloud whose calls take simulated time: AssignPrivateIpAddresses 
 UnassignPrivateIpAddresses ``assign_latency``, create + attach of a new (pre-filled) ENI
 ``create_eni_latency``, detach + delete ``delete_eni_latency``. One loop thread makes the
 calls one at a time, as both agents do. A released address cools for ``cooldown`` seconds
-and is never handed out while cooling, whatever the policy counts.
+and is never handed out while cooling, whatever the policy counts. A reconcile or a
+leaked-ENI GC is one DescribeNetworkInterfaces (``describe_latency``) that finds the node as
+it is (counted apart from the mutating calls); the simulated cloud never fails a call.
 
-Two loops:
-- ``UnderlayLoop`` mirrors ``ipam_daemon.pool.Pool.run``: a step asks the policy for one
-  action, acts, and looks again at once; with nothing to do it sleeps ``pool_interval`` or
-  until a borrow or a release wakes it; shrinking at most every ``shrink_interval``.
+Two loops (``bench.pool_loops``):
+- ``UnderlayLoop`` drives the agent's own ``ipam_daemon.stepper.PoolStepper`` on the
+  simulated clock, as ``ipam_daemon.pool.Pool.run`` does on the real one: the due chores,
+  then one step; after an action it looks again at once, else it sleeps until the step says
+  or a borrow or a release wakes it (same gates, back-off and schedule as on a node).
 - ``AwsLoop`` mirrors ipamd's ticker: every ``pool_interval`` after the previous pass, grow
   or shrink (shrink at most every ``shrink_interval``, freeing over every ENI), then remove
   at most one unused ENI; nothing wakes it early.
@@ -27,7 +30,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ipam_daemon.policy import Action, EniCounts, Kind, Limits, Targets
+from ipam_daemon.policy import Action, EniCounts, Kind, Limits
+from ipam_daemon.stepper import Intervals
 
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ EC2_CALLS = {
                       "ModifyNetworkInterfaceAttribute"),
     Kind.DELETE_ENI: ("DetachNetworkInterface", "DeleteNetworkInterface"),
 }
+DESCRIBE_CALL = "DescribeNetworkInterfaces"  # what a reconcile and a leaked-ENI GC ask
 
 
 class SimulationError(AssertionError):
@@ -54,13 +59,23 @@ class SimConfig:
     assign_latency: float = 0.3
     create_eni_latency: float = 3.0
     delete_eni_latency: float = 1.0
+    describe_latency: float = 0.1
     cooldown: float = 30.0
+    # the agent's names, so that ``Intervals.from_config`` reads this as it reads AgentConfig
     pool_interval: float = 5.0
     shrink_interval: float = 30.0
+    reconcile_interval: float = 60.0
+    leaked_eni_interval: float = 3600.0
+    subnet_full_backoff: float = 120.0
+    max_backoff: float = 30.0
 
     @property
     def limits(self) -> Limits:
         return Limits(self.max_enis, self.ips_per_eni)
+
+    @property
+    def intervals(self) -> Intervals:
+        return Intervals.from_config(self)
 
 
 @dataclass
@@ -91,8 +106,9 @@ class SimResult:
     misses: int
     cancelled: int
     waits: tuple[float, ...]
-    calls: dict[str, int]
+    calls: dict[str, int]  # mutating EC2 calls by action
     actions: dict[str, int]
+    describes: int = 0  # DescribeNetworkInterfaces of reconciles and leaked-ENI GCs
 
     @property
     def total_calls(self) -> int:
@@ -110,6 +126,7 @@ class Node:
         self._eni_ids = itertools.count(1)
         self.calls: dict[str, int] = {}
         self.actions: dict[str, int] = {}
+        self.describes = 0
         self.peak_held = 0
         self.peak_enis = 1
 
@@ -162,6 +179,11 @@ class Node:
             if eni.eni_id == eni_id and not eni.deleting:
                 return eni
         raise SimulationError(f"{eni_id} is not attached")
+
+    def describe(self) -> float:
+        """A DescribeNetworkInterfaces (reconcile, GC): the node as it is; its latency."""
+        self.describes += 1
+        return self.config.describe_latency
 
     def begin(self, action: Action) -> float:
         """Start ``action``'s cloud call; its latency."""

@@ -5,14 +5,18 @@ watermark policies, replayed on the same simulated m5.large node.
                                               [--create-latency 3]
 
 Policies (the real functions, imported):
-- underlay: ``ipam_daemon.policy.decide`` with the agent's default targets
-  (``ipam_daemon.config.AgentConfig()``), driven like ``ipam_daemon.pool.Pool``;
+- underlay: the agent's own ``ipam_daemon.stepper.PoolStepper`` (its gates, back-off and
+  reconcile/GC schedule around ``ipam_daemon.policy.decide``) with the agent's default
+  targets and intervals (``ipam_daemon.config.AgentConfig()``), as ``ipam_daemon.pool.Pool``
+  drives it on a node;
 - aws-default: WARM_ENI_TARGET=1 through ``bench.aws_policy`` (ipamd's arithmetic);
 - aws-warm-ip: WARM_IP_TARGET=5, MINIMUM_IP_TARGET=10, same arithmetic.
 
 Reports, summed over the seeds: idle IP-seconds, pool misses (ADDs that waited for a cloud
 call or a cooldown), mutating EC2 calls by action, ADD wait p50/p99; and the ratios
-underlay / aws-default. The issue's target: at most a third of the idle IP-seconds, no more
+underlay / aws-default. underlay's reconciles and leaked-ENI GCs are Describe calls
+(``describes``, 0.1 s each, not among the mutating calls); ipamd's own reconcile is not
+modelled. The issue's target: at most a third of the idle IP-seconds, no more
 misses, no more cloud calls.
 
 The policy's constants (two-batch band, headroom 4, +1 warm in a burst, eni_min_age 7200) were
@@ -20,14 +24,18 @@ tuned on seeds 1-3 at 3 s; seeds 4-8 and create latencies of 1 s and 10 s are he
 (``--first-seed 4 --seeds 5``, ``--create-latency``). Underlay / aws-default, 6 h per seed:
 
     seeds  latency  idle IP-s  misses    mutating calls
-    1-3    3 s      0.528x     0 vs 1    223 vs 220
-    1-3    1 s      0.527x     0 vs 0    223 vs 220
-    1-3    10 s     0.533x     15 vs 30  222 vs 220
-    4-8    3 s      0.529x     1 vs 2    347 vs 439
-    4-8    1 s      0.526x     1 vs 0    347 vs 419
-    4-8    10 s     0.529x     19 vs 35  348 vs 419
+    1-3    3 s      0.527x     0 vs 1    224 vs 220
+    1-3    1 s      0.526x     0 vs 0    224 vs 220
+    1-3    10 s     0.532x     15 vs 30  220 vs 220
+    4-8    3 s      0.529x     1 vs 2    346 vs 439
+    4-8    1 s      0.526x     1 vs 0    346 vs 419
+    4-8    10 s     0.526x     19 vs 35  346 vs 419
 
-(before: 0.417x, 67 vs 1 misses, 611 vs 220 calls on seeds 1-3 at 3 s). The idle target
+(before the hysteresis: 0.417x, 67 vs 1 misses, 611 vs 220 calls on seeds 1-3 at 3 s). Until
+the stepper was shared, a copy of the loop in bench/ gave 0.528x, 0 vs 1, 223 vs 220 on
+seeds 1-3 at 3 s; the stepper, with the old timing and free Describes, gives exactly those;
+the shipped loop's differences (a gated step sleeps to the gate's end, the reconcile
+minute's Describes hold the loop) move idle by under 1% and calls by 1-2. The idle target
 (a third) is missed: the band keeps warm + 0..2 batches free (mean 6.56 idle IPs against
 AWS's 12.4); a narrower band or a lower release point costs calls or misses on this trace,
 and the calls on seeds 1-3 are 1% over (without the burst surge: 216 calls but 2 misses).
@@ -62,9 +70,13 @@ def underlay_targets(config: AgentConfig | None = None) -> Targets:
 
 
 def sim_config(create_latency: float = 3.0, config: AgentConfig | None = None) -> SimConfig:
+    """The simulated node with the agent's intervals (the stepper's gates and schedule)."""
     c = config or AgentConfig()
     return SimConfig(create_eni_latency=create_latency, cooldown=c.cooldown_seconds,
-                     pool_interval=c.pool_interval, shrink_interval=c.shrink_interval)
+                     pool_interval=c.pool_interval, shrink_interval=c.shrink_interval,
+                     reconcile_interval=c.reconcile_interval,
+                     leaked_eni_interval=c.leaked_eni_interval,
+                     subnet_full_backoff=c.subnet_full_backoff, max_backoff=c.max_backoff)
 
 
 AWS_DEFAULT = Targets(warm_ips=0, min_ips=0, warm_enis=1, eni_min_age=60.0)
@@ -99,6 +111,7 @@ class Summary:
     wait_p50: float
     wait_p99: float
     peak_held: int
+    describes: int  # DescribeNetworkInterfaces (reconcile, leaked-ENI GC), not mutating
 
     @property
     def total_calls(self) -> int:
@@ -116,7 +129,7 @@ def summarize(name: str, results: list[SimResult], duration: float) -> Summary:
     return Summary(name, idle, cooling, idle / duration, sum(r.misses for r in results),
                    sum(r.adds for r in results), dict(sorted(calls.items())),
                    percentile(waits, 0.5), percentile(waits, 0.99),
-                   max(r.peak_held for r in results))
+                   max(r.peak_held for r in results), sum(r.describes for r in results))
 
 
 def measure(seeds: list[int], hours: float, create_latency: float) -> dict[str, Summary]:
@@ -187,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     summaries = measure(seeds, args.hours, args.create_latency)
     print(f"{'policy':12s} {'idle IP-s':>10s} {'idle IPs':>8s} {'misses':>6s} {'calls':>6s}"
-          f" {'p50 s':>6s} {'p99 s':>6s}  calls by action")
+          f" {'p50 s':>6s} {'p99 s':>6s} {'describes':>9s}  calls by action")
     for s in summaries.values():
         print(f"{s.name:12s} {s.idle_ip_seconds:10.0f} {s.mean_idle_ips:8.2f} {s.misses:6d}"
-              f" {s.total_calls:6d} {s.wait_p50:6.2f} {s.wait_p99:6.2f}  {json.dumps(s.calls)}")
+              f" {s.total_calls:6d} {s.wait_p50:6.2f} {s.wait_p99:6.2f} {s.describes:9d}"
+              f"  {json.dumps(s.calls)}")
     ours, aws = summaries["underlay"], summaries["aws-default"]
     print(f"underlay / aws-default: idle {ratio(ours.idle_ip_seconds, aws.idle_ip_seconds)}x,"
           f" misses {ours.misses} vs {aws.misses}, calls {ours.total_calls} vs"

@@ -6,10 +6,10 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from dataclasses import replace
 from typing import Callable
 
-from ipam_daemon.policy import Action, Kind, PeakWindow, Targets
+from ipam_daemon.policy import Action, Kind, Targets
+from ipam_daemon.stepper import Chore, PoolStepper
 
 from bench.node_sim import Decide, Node, SimConfig, SimResult
 from bench.trace import Trace
@@ -45,17 +45,17 @@ class Engine:
 
 
 class UnderlayLoop:
-    """``ipam_daemon.pool.Pool.run``: one action per step, again at once after acting, else
-    sleep ``pool_interval`` or until woken; shrink at most every ``shrink_interval``. Each
-    step samples the assigned addresses into a ``PeakWindow`` of ``eni_min_age`` seconds
-    and hands the policy that peak, as the agent's loop does."""
+    """``ipam_daemon.pool.Pool.run`` on the simulated clock, driving the agent's own
+    ``PoolStepper``: the due chores first (a reconcile or a leaked-ENI GC is one Describe
+    that finds the node as it is), then one step; after an action, look again at once; else
+    sleep until the step's ``until`` or a wake-up (a borrow, a release, a served ADD)."""
 
     def __init__(self, sim: "Simulation", decide: Decide, targets: Targets) -> None:
-        self.sim, self.decide, self.targets = sim, decide, targets
-        self.peaks = PeakWindow(targets.eni_min_age)
+        self.sim = sim
+        self.stepper = PoolStepper(targets, sim.config.limits, sim.config.intervals,
+                                   decide=decide)
         self.sleeping = False
         self._generation = 0
-        self._last_shrink = -float("inf")
 
     def start(self) -> None:
         self.sim.engine.at(0.0, self.step)
@@ -68,25 +68,33 @@ class UnderlayLoop:
 
     def step(self) -> None:
         self.sleeping = False
-        node, config = self.sim.node, self.sim.config
-        counts = node.counts()
-        demand = replace(self.peaks.observe(node.now, sum(c.assigned for c in counts)),
-                         waiting=len(self.sim.pending))  # as pool.py's waiting borrows
-        action = self.decide(counts, self.targets, config.limits, demand)
-        if action.kind is Kind.NOTHING:
-            return self._sleep()
-        if action.kind in (Kind.UNASSIGN, Kind.DELETE_ENI):
-            if node.now - self._last_shrink < config.shrink_interval:
-                return self._sleep()
-            self._last_shrink = node.now
-        self.sim.call(action, self.step)
+        node = self.sim.node
+        chores = self.stepper.chores_due(node.now)
+        if chores:
+            return self._do_chore(chores[0])
+        step = self.stepper.step(node.now, node.counts(), waiting=len(self.sim.pending))
+        if not step.go:
+            return self._sleep(step.until)
+        self.sim.call(step.action, self._acted)
 
-    def _sleep(self) -> None:
+    def _do_chore(self, chore: Chore) -> None:
+        if chore is Chore.RECONCILE:
+            def reconciled() -> None:
+                self.stepper.reconciled(self.sim.node.now)
+                self.step()
+            return self.sim.describe(reconciled)
+        self.stepper.start_leak_gc(self.sim.node.now)
+        self.sim.describe(self.step)
+
+    def _acted(self) -> None:
+        self.stepper.succeeded()
+        self.step()
+
+    def _sleep(self, until: float) -> None:
         self.sleeping = True
         self._generation += 1
         generation = self._generation
-        self.sim.engine.at(self.sim.node.now + self.sim.config.pool_interval,
-                           lambda: self._tick(generation))
+        self.sim.engine.at(until, lambda: self._tick(generation))
 
     def _tick(self, generation: int) -> None:
         if self.sleeping and generation == self._generation:
@@ -154,17 +162,26 @@ class Simulation:
 
     def call(self, action: Action, then: Callable[[], None]) -> None:
         """Make ``action``'s cloud call; when it returns, serve waiting ADDs, then ``then``."""
-        if self.busy:
-            raise AssertionError("two cloud calls at once from one loop")
-        self.busy = True
-        latency = self.node.begin(action)
-
         def done() -> None:
-            self.busy = False
             self.node.finish(action)
             self.serve()
             then()
-        self.engine.at(self.node.now + latency, done)
+        self._hold_loop(self.node.begin(action), done)
+
+    def describe(self, then: Callable[[], None]) -> None:
+        """A Describe call (reconcile, leaked-ENI GC): it changes nothing, but the loop waits
+        for it; then ``then``."""
+        self._hold_loop(self.node.describe(), then)
+
+    def _hold_loop(self, latency: float, done: Callable[[], None]) -> None:
+        if self.busy:
+            raise AssertionError("two cloud calls at once from one loop")
+        self.busy = True
+
+        def returned() -> None:
+            self.busy = False
+            done()
+        self.engine.at(self.node.now + latency, returned)
 
     def add(self, pod: str) -> None:
         if not self.pending and self.node.borrow(pod) is not None:
@@ -218,7 +235,7 @@ def simulate(name: str, trace: Trace, config: SimConfig,
                      sim.node.peak_held,
                      sim.node.peak_enis, len(sim.waits) + len(sim.pending) + sim.cancelled,
                      sim.misses, sim.cancelled, tuple(sim.waits), dict(sim.node.calls),
-                     dict(sim.node.actions))
+                     dict(sim.node.actions), sim.node.describes)
 
 
 def underlay_loop(decide: Decide, targets: Targets) -> Callable[[Simulation], UnderlayLoop]:

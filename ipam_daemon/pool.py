@@ -1,6 +1,7 @@
-"""The warm-pool loop: reads counts from the store, asks the pure policy what to do, and
-does it against the cloud. It is the only thread that changes cloud state, so reconcile,
-grow, shrink and leaked-ENI GC never race each other.
+"""The warm-pool loop: reads counts from the store, asks the stepper (``ipam_daemon.stepper``:
+the gates, back-off and schedule around the pure policy) what to do, does it against the
+cloud and reports the outcome. It is the only thread that changes cloud state, so
+reconcile, grow, shrink and leaked-ENI GC never race each other.
 
 Crash safety (the agent may be killed at any instant):
 - grow: the cloud assigns, then the store records; a kill in between leaves addresses the
@@ -11,7 +12,8 @@ Crash safety (the agent may be killed at any instant):
   (adopted by reconcile) or an unattached one (deleted by leaked-ENI GC).
 
 After a failure the loop backs off (subnet exhausted: ``subnet_full_backoff``; throttled or
-unavailable: exponential up to 30 s) and remembers why: a borrow that starves reports it.
+unavailable: exponential up to 30 s; the stepper's table) and remembers why: a borrow that
+starves reports it. Here cloud errors become a ``Failure`` kind and a ``Blocked`` message.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from cloud import errors as ce
 from cloud.api import Cloud
@@ -30,13 +32,12 @@ from cni.spec import Code
 from ipam_daemon.backoff import retry_until_stopped
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.metrics import Metrics
-from ipam_daemon.policy import (
-    Action, Blocker, EniCounts, Kind, Limits, PeakWindow, Targets, decide,
-)
+from ipam_daemon.policy import Action, Blocker, EniCounts, Kind, Limits, Targets
 from ipam_daemon.cloud_node import CloudNode
 from ipam_daemon.reconcile import (
     SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
 )
+from ipam_daemon.stepper import Chore, Failure, Gate, Intervals, PoolStepper
 from ipam_daemon.store import Store
 from cni.datapath.base import Datapath
 
@@ -82,6 +83,7 @@ class Pool:
                                config.warm_enis, config.max_enis, config.batch_size,
                                config.eni_min_age)
         self.limits = Limits(node.limits.max_enis, node.limits.ips_per_eni)
+        self.stepper = PoolStepper(self.targets, self.limits, Intervals.from_config(config))
         self.reconciled = threading.Event()
         self._clock = clock
         self._monotonic = monotonic
@@ -90,14 +92,8 @@ class Pool:
         self._changed = threading.Condition()
         self._blocked: Blocked | None = None
         self._cordoned = False
-        self._backoff_until = 0.0
-        self._backoff = 0.0
-        self._last_shrink = -float("inf")
-        self._no_ahead_until = 0.0  # an ENI ahead would take an address a pod could use
-        self._next_reconcile = 0.0
-        self._next_leak_gc = 0.0
+        self._idle_until = 0.0  # after a step that did nothing: look again by then
         self._thread: threading.Thread | None = None
-        self._peaks = PeakWindow(config.eni_min_age)  # demand history for ENI deletion
         self._waiting = 0  # borrows waiting for an address (see waiting_borrow)
         self._waiting_lock = threading.Lock()
 
@@ -121,6 +117,7 @@ class Pool:
         self.targets = Targets(config.warm_ips, config.min_ips, config.max_ips,
                                config.warm_enis, config.max_enis, config.batch_size,
                                config.eni_min_age)
+        self.stepper.configure(self.targets, Intervals.from_config(config))
         self._wake.set()
 
     def wake(self) -> None:
@@ -166,7 +163,7 @@ class Pool:
         report = reconcile_enis(self.cloud, self.store, self.node, self.subnets, self.datapath,
                                 self.config.mtu, clock=self._clock,
                                 cooldown=self.config.cooldown_seconds)
-        self._next_reconcile = self._monotonic() + self.config.reconcile_interval
+        self.stepper.reconciled(self._monotonic())
         if self.metrics:
             self.metrics.reconciled()
         logger.info("reconciled: %d ENIs, %d addresses, adopted %s, lost %s", report.enis,
@@ -188,12 +185,12 @@ class Pool:
         while not self._stop.is_set():
             self._wake.clear()  # before the step: a wake-up during it is not lost
             try:
-                acted = self.step()
+                wait = 0.0 if self.step() else self._idle_until - self._monotonic()
             except Exception:
                 logger.exception("pool step failed")
-                acted = False
-            if not acted:
-                self._wake.wait(self.config.pool_interval)
+                wait = self.config.pool_interval
+            if wait > 0:
+                self._wake.wait(wait)
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -206,47 +203,42 @@ class Pool:
 
     def step(self) -> bool:
         """Do at most one thing; True when something was done (look again at once)."""
-        now = self._monotonic()
-        try:
-            if now >= self._next_reconcile:
-                self.reconcile()
-            if now >= self._next_leak_gc:
-                self._next_leak_gc = now + self.config.leaked_eni_interval
-                collect_leaked_enis(self.cloud, self.node.cluster, self.config.leaked_eni_age)
-        except ce.CloudError as exc:
-            logger.warning("reconcile/GC failed: %s", exc)
-            self._next_reconcile = now + self.config.pool_interval
-        if now < self._backoff_until:
+        self._do_chores(self._monotonic())
+        step = self.stepper.step(self._monotonic(), self.counts(), waiting=self._waiting,
+                                 cordoned=self._cordoned)  # the clock after the chores' I/O
+        if step.gate is Gate.AT_TARGET:
+            self._note_policy_blocker(step.action)
+        if not step.go:
+            self._idle_until = step.until
             return False
-        counts = self.counts()
-        self._peaks.window = self.targets.eni_min_age
-        demand = replace(self._peaks.observe(now, sum(c.assigned for c in counts)),
-                         waiting=self._waiting)
-        action = decide(counts, self.targets, self.limits, demand)
-        if action.kind is Kind.NOTHING:
-            self._note_policy_blocker(action)
-            return False
-        if self._cordoned and action.kind in (Kind.ASSIGN, Kind.CREATE_ENI):
-            return False
-        if action.kind is Kind.CREATE_ENI and not action.count and now < self._no_ahead_until:
-            return False
-        if action.kind in (Kind.UNASSIGN, Kind.DELETE_ENI):
-            if now - self._last_shrink < self.config.shrink_interval:
-                return False
-            self._last_shrink = now
+        action = step.action
         try:
             self._act(action)
         except ce.CloudError as exc:
             self._record_failure(action, exc)
+            self._idle_until = self._monotonic() + self.config.pool_interval
             return False
         finally:
             self._notify()
-        self._backoff = 0.0
+        self.stepper.succeeded()
         if action.kind in (Kind.ASSIGN, Kind.CREATE_ENI):
             self._set_blocked(None)
         if self.metrics:
             self.metrics.pool_actions.labels(action.kind.value, "ok").inc()
         return True
+
+    def _do_chores(self, now: float) -> None:
+        try:
+            for chore in self.stepper.chores_due(now):
+                if chore is Chore.RECONCILE:
+                    self.reconcile()
+                else:
+                    self.stepper.start_leak_gc(now)
+                    collect_leaked_enis(self.cloud, self.node.cluster,
+                                        self.config.leaked_eni_age)
+        except ce.CloudError as exc:
+            logger.warning("reconcile/GC failed: %s", exc)
+            self.stepper.chore_failed(now)
 
     def _note_policy_blocker(self, action: Action) -> None:
         if action.blocker is Blocker.ENI_LIMIT:
@@ -297,7 +289,7 @@ class Pool:
 
         subnet_id, count = self._pick_subnet(count)
         if not count and not self._subnet_spares_an_eni(subnet_id):
-            self._no_ahead_until = self._monotonic() + self.config.subnet_full_backoff
+            self.stepper.pause_eni_ahead(self._monotonic())
             logger.info("pool: no ENI ahead: subnet %s cannot spare an address for an empty"
                         " ENI beyond the room on the attached ones", subnet_id)
             return
@@ -353,42 +345,36 @@ class Pool:
         guess could hand a pod an address the cloud already took back; they stay releasing
         (never borrowable) until the next step's reconcile reads what the cloud holds and
         frees exactly those still there."""
-        self._next_reconcile = self._monotonic()
+        self.stepper.reconcile_soon(self._monotonic())
 
     def _record_failure(self, action: Action, exc: ce.CloudError) -> None:
         if self.metrics:
             self.metrics.pool_actions.labels(action.kind.value, type(exc).__name__).inc()
-        now = self._monotonic()
         if isinstance(exc, ce.SubnetExhausted):
             self._set_blocked(Blocked(Code.SUBNET_EXHAUSTED, self._subnet_message(exc)))
-            wait = self.config.subnet_full_backoff
+            failure = Failure.SUBNET_FULL
         elif isinstance(exc, ce.EniLimitReached):
             ceiling = self.limits.max_enis
             self._set_blocked(Blocked(Code.ENI_LIMIT_REACHED, f"ENI limit reached: the cloud"
                                       f" refused another ENI ({len(self.counts())} of"
                                       f" {ceiling} attached): {exc}"))
-            wait = self.config.subnet_full_backoff
-            self._next_reconcile = now  # our view of the ENIs may be stale
+            failure = Failure.ENI_LIMIT  # our view of the ENIs may be stale: reconcile
         elif isinstance(exc, ce.IpLimitReached):
-            self._next_reconcile = now
-            wait = self.config.pool_interval
+            failure = Failure.IP_LIMIT
         elif isinstance(exc, ce.PermissionDenied):
             self._set_blocked(Blocked(Code.CLOUD_PERMISSION_DENIED,
                                       f"cloud permission denied for {exc.action}: {exc}"))
-            wait = self.config.max_backoff
+            failure = Failure.PERMISSION_DENIED
         elif isinstance(exc, ce.RetryableCloudError):
             kind = "throttled" if isinstance(exc, ce.Throttled) else "unavailable"
             self._set_blocked(Blocked(Code.CLOUD_THROTTLED if kind == "throttled" else
                                       Code.TRY_AGAIN_LATER,
                                       f"cloud API {kind} on {exc.action or action.kind.value}:"
                                       f" {exc}"))
-            self._backoff = min(max(self._backoff * 2, self.config.pool_interval),
-                                self.config.max_backoff)
-            wait = self._backoff
+            failure = Failure.RETRYABLE
         else:
-            wait = self.config.pool_interval
-            self._next_reconcile = now
-        self._backoff_until = now + wait
+            failure = Failure.OTHER
+        wait = self.stepper.failed(self._monotonic(), failure)
         logger.warning("pool %s failed (%s: %s); next try in %.1fs", action.kind.value,
                        type(exc).__name__, exc, wait)
 

@@ -11,6 +11,7 @@ from bench.pool_loops import aws_loop, simulate, underlay_loop
 from bench.trace import Trace, TracePod, make_trace
 from ipam_daemon import policy
 from ipam_daemon.policy import Action, Kind, Targets
+from ipam_daemon.stepper import PoolStepper
 
 
 def tiny(*pods: tuple[str, float, float], duration: float = 1100.0) -> Trace:
@@ -58,11 +59,13 @@ def test_underlay_tiny_trace_by_hand():
     # warm 2, batch 4: boot assigns 4; the 3rd pod takes available to 1 -> one more batch of 4
     # (3 pods in 30 s is no burst; 5 available + 1 room = warm + headroom: no ENI ahead);
     # after all leave and cool, 8 free are 6 above warm, under two batches (8): kept.
+    # The first look reconciles and collects leaked ENIs (0.1 s each) before the boot Assign
+    # (0.3 s): the first 4 are held from 0.5 s.
     trace = tiny(("a", 10.0, 1000.0), ("b", 20.0, 1000.0), ("c", 30.0, 1000.0))
     r = simulate("u", trace, pe.sim_config(), underlay_loop(policy.decide, pe.underlay_targets()))
     assert r.calls == {"AssignPrivateIpAddresses": 2}
     assert (r.misses, r.waits, r.peak_held, r.peak_enis) == (0, (0.0, 0.0, 0.0), 8, 1)
-    idle = 9.7 * 4 + 10 * 3 + 10 * 2 + 0.3 * 1 + 969.7 * 5 + 100 * 8
+    idle = 9.5 * 4 + 10 * 3 + 10 * 2 + 0.3 * 1 + 969.7 * 5 + 100 * 8
     assert r.idle_ip_seconds == pytest.approx(idle)
     assert r.cooling_ip_seconds == pytest.approx(3 * 30.0)  # three addresses, 30 s each
 
@@ -140,3 +143,17 @@ def test_a_burst_of_five_pods_gets_an_empty_eni_ahead():
     r = simulate("u", trace, pe.sim_config(), underlay_loop(policy.decide, pe.underlay_targets()))
     assert r.calls.get("CreateNetworkInterface") == 1 and r.peak_enis == 2, r.calls
     assert r.misses == 0 and r.peak_held <= 9  # the new ENI holds no secondary address
+
+
+def test_the_simulator_drives_the_agents_stepper_and_its_chore_schedule():
+    # reconcile at 0 (0.1 s), the leaked-ENI GC (0.1 s); then a reconcile a minute after
+    # each one ends: 60.1, 120.2, 180.3 (the next, 240.4, is past the end)
+    sim_loops = []
+
+    def loop(sim):
+        sim_loops.append(underlay_loop(policy.decide, pe.underlay_targets())(sim))
+        return sim_loops[-1]
+
+    r = simulate("u", tiny(("a", 10.0, 150.0), duration=200.0), pe.sim_config(), loop)
+    assert isinstance(sim_loops[0].stepper, PoolStepper)
+    assert r.describes == 5 and "DescribeNetworkInterfaces" not in r.calls
