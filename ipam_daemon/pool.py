@@ -31,6 +31,7 @@ from cni.spec import Code
 
 from ipam_daemon.backoff import retry_until_stopped
 from ipam_daemon.config import AgentConfig
+from ipam_daemon.errors import kind_of
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.policy import Action, Blocker, EniCounts, Kind, Limits, Targets
 from ipam_daemon.cloud_node import CloudNode
@@ -42,6 +43,17 @@ from ipam_daemon.store import Store
 from cni.datapath.base import Datapath
 
 logger = logging.getLogger(__name__)
+
+
+# The stepper's wait by the kind of cloud failure (first match); the blocked code and its
+# words come from the error table by the code the error carries (ipam_daemon.errors).
+FAILURE_KINDS: tuple[tuple[type[ce.CloudError], Failure], ...] = (
+    (ce.SubnetExhausted, Failure.SUBNET_FULL),
+    (ce.EniLimitReached, Failure.ENI_LIMIT),
+    (ce.IpLimitReached, Failure.IP_LIMIT),
+    (ce.PermissionDenied, Failure.PERMISSION_DENIED),
+    (ce.RetryableCloudError, Failure.RETRYABLE),
+)
 
 
 @dataclass(frozen=True)
@@ -350,33 +362,27 @@ class Pool:
     def _record_failure(self, action: Action, exc: ce.CloudError) -> None:
         if self.metrics:
             self.metrics.pool_actions.labels(action.kind.value, type(exc).__name__).inc()
-        if isinstance(exc, ce.SubnetExhausted):
-            self._set_blocked(Blocked(Code.SUBNET_EXHAUSTED, self._subnet_message(exc)))
-            failure = Failure.SUBNET_FULL
-        elif isinstance(exc, ce.EniLimitReached):
-            ceiling = self.limits.max_enis
-            self._set_blocked(Blocked(Code.ENI_LIMIT_REACHED, f"ENI limit reached: the cloud"
-                                      f" refused another ENI ({len(self.counts())} of"
-                                      f" {ceiling} attached): {exc}"))
-            failure = Failure.ENI_LIMIT  # our view of the ENIs may be stale: reconcile
-        elif isinstance(exc, ce.IpLimitReached):
-            failure = Failure.IP_LIMIT
-        elif isinstance(exc, ce.PermissionDenied):
-            self._set_blocked(Blocked(Code.CLOUD_PERMISSION_DENIED,
-                                      f"cloud permission denied for {exc.action}: {exc}"))
-            failure = Failure.PERMISSION_DENIED
-        elif isinstance(exc, ce.RetryableCloudError):
-            kind = "throttled" if isinstance(exc, ce.Throttled) else "unavailable"
-            self._set_blocked(Blocked(Code.CLOUD_THROTTLED if kind == "throttled" else
-                                      Code.TRY_AGAIN_LATER,
-                                      f"cloud API {kind} on {exc.action or action.kind.value}:"
-                                      f" {exc}"))
-            failure = Failure.RETRYABLE
-        else:
-            failure = Failure.OTHER
+        failure = next((kind for cls, kind in FAILURE_KINDS if isinstance(exc, cls)),
+                       Failure.OTHER)
+        if failure not in (Failure.IP_LIMIT, Failure.OTHER):  # the others pass unseen
+            kind = kind_of(exc.cni_code)
+            self._set_blocked(Blocked(Code(exc.cni_code),
+                                      kind.message(self._blocked_detail(action, exc))))
         wait = self.stepper.failed(self._monotonic(), failure)
         logger.warning("pool %s failed (%s: %s); next try in %.1fs", action.kind.value,
                        type(exc).__name__, exc, wait)
+
+    def _blocked_detail(self, action: Action, exc: ce.CloudError) -> str:
+        """The numbers behind a failure that blocks growth, for the table's words."""
+        if isinstance(exc, ce.SubnetExhausted):
+            return self._subnet_message(exc)
+        if isinstance(exc, ce.EniLimitReached):
+            return (f"the cloud refused another ENI ({len(self.counts())} of"
+                    f" {self.limits.max_enis} attached): {exc}")
+        if isinstance(exc, ce.RetryableCloudError):
+            state = "throttled" if isinstance(exc, ce.Throttled) else "unavailable"
+            return f"cloud API {state} on {exc.action or action.kind.value}: {exc}"
+        return f"{exc.action}: {exc}" if exc.action else str(exc)
 
     def _subnet_message(self, exc: ce.CloudError) -> str:
         try:
@@ -385,4 +391,4 @@ class Pool:
                                 for s in subnets)
         except ce.CloudError:
             numbers = "free addresses unknown (describe failed)"
-        return f"subnet exhausted: {numbers} ({exc})"
+        return f"{numbers} ({exc})"

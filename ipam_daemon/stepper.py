@@ -31,12 +31,15 @@ Waits after a failed action, by ``Failure`` (the caller maps its cloud errors to
     IP_LIMIT             pool_interval; reconcile at the next look
     PERMISSION_DENIED    max_backoff
     RETRYABLE            pool_interval, doubled per retryable failure since the last
-                         success, at most max_backoff (throttled, unavailable)
+                         success, plus up to pool_interval of jitter (so a fleet of nodes
+                         throttled together does not retry in step), at most max_backoff
+                         (throttled, unavailable)
     OTHER                pool_interval; reconcile at the next look
 """
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -46,6 +49,11 @@ from ipam_daemon import policy
 from ipam_daemon.policy import Action, EniCounts, Kind, Limits, PeakWindow, Targets
 
 Decide = Callable[..., Action]  # (enis, targets, limits, demand) -> Action
+Jitter = Callable[[float], float]  # limit -> a wait to add, in [0, limit]
+
+
+def uniform_jitter(limit: float) -> float:
+    return random.uniform(0.0, limit)
 
 GROW = frozenset({Kind.ASSIGN, Kind.CREATE_ENI})
 SHRINK = frozenset({Kind.UNASSIGN, Kind.DELETE_ENI})
@@ -125,11 +133,12 @@ NOT_ASKED = Action(Kind.NOTHING, reason="backing off after a failure; the policy
 
 class PoolStepper:
     def __init__(self, targets: Targets, limits: Limits, intervals: Intervals, *,
-                 decide: Decide = policy.decide) -> None:
+                 decide: Decide = policy.decide, jitter: Jitter = uniform_jitter) -> None:
         self.targets = targets
         self.limits = limits
         self.intervals = intervals
         self._decide = decide
+        self._jitter = jitter
         self._peaks = PeakWindow(targets.eni_min_age)  # demand history for ENI deletion
         self._backoff = 0.0  # the last retryable failure's wait; 0 after a success
         self._backoff_until = -math.inf
@@ -217,7 +226,7 @@ class PoolStepper:
             wait = i.max_backoff
         elif kind is Failure.RETRYABLE:
             self._backoff = min(max(self._backoff * 2, i.pool), i.max_backoff)
-            wait = self._backoff
+            wait = min(self._backoff + self._jitter(i.pool), i.max_backoff)
         else:  # IP_LIMIT, OTHER
             wait = i.pool
             self.reconcile_soon(now)

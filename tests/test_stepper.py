@@ -29,8 +29,10 @@ def primary(free=0, assigned=0):
 
 
 def stepper_saying(action: Action, intervals: Intervals = QUIET) -> PoolStepper:
-    """A stepper whose policy always answers ``action``, its chores done at 0."""
-    stepper = PoolStepper(Targets(), M5L, intervals, decide=lambda *_: action)
+    """A stepper whose policy always answers ``action``, its chores done at 0 (no jitter
+    in its back-off: waits at exact times)."""
+    stepper = PoolStepper(Targets(), M5L, intervals, decide=lambda *_: action,
+                          jitter=lambda _limit: 0.0)
     stepper.reconciled(0.0)
     stepper.start_leak_gc(0.0)
     return stepper
@@ -173,6 +175,18 @@ def test_retryable_failures_double_the_wait_up_to_max_backoff_and_a_success_rese
     assert waits == [5.0, 10.0, 20.0, 30.0, 30.0]
     stepper.succeeded()
     assert stepper.failed(10.0, Failure.RETRYABLE) == 5.0
+
+
+def test_a_retryable_wait_is_jittered_within_a_pool_interval():
+    """Nodes throttled together do not retry in step: the doubling base plus up to one
+    pool interval drawn at random, never past max_backoff."""
+    waits = []
+    for _ in range(30):
+        stepper = PoolStepper(Targets(), M5L, DEFAULTS, decide=lambda *_: ASSIGN)
+        waits.append(stepper.failed(0.0, Failure.RETRYABLE))
+    assert all(5.0 <= w <= 10.0 for w in waits) and len(set(waits)) > 1
+    stepper = PoolStepper(Targets(), M5L, DEFAULTS, decide=lambda *_: ASSIGN)
+    assert all(stepper.failed(float(t), Failure.RETRYABLE) <= 30.0 for t in range(8))
 
 
 def test_another_kind_of_failure_does_not_reset_the_retryable_wait():
