@@ -10,7 +10,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # The host CNI executable: a static Go program (cni/shim), built offline.
 SHIM := build/underlay
 
-.PHONY: setup test demo bench chaos clean-net shim
+.PHONY: setup test demo bench chaos clean-net shim docs
 
 setup: $(VENV)/.installed .apt-installed $(SHIM)
 
@@ -43,6 +43,10 @@ demo: setup
 # removes what a killed harness or demo run left (namespaces, links, processes, run files)
 clean-net:
 	$(PY) -m lab.cleanup
+
+# docs/configuration.md is rendered from the configuration's declarations (a test checks it)
+docs: $(VENV)/.installed
+	$(PY) -c 'from ipam_daemon.config import reference_markdown as r; print(r(), end="")' > docs/configuration.md
 
 bench: setup
 	$(PY) -m bench.run

@@ -115,7 +115,7 @@ class SimResult:
         return sum(self.calls.values())
 
 
-class Node:
+class SimNode:
     """The node's ENIs and addresses, and the clock; checks its invariants on every change."""
 
     def __init__(self, config: SimConfig) -> None:

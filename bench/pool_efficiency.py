@@ -64,9 +64,7 @@ NAME = "pool_efficiency"
 
 def underlay_targets(config: AgentConfig | None = None) -> Targets:
     """The targets the agent's pool loop builds from its configuration (pool.Pool)."""
-    c = config or AgentConfig()
-    return Targets(c.warm_ips, c.min_ips, c.max_ips, c.warm_enis, c.max_enis, c.batch_size,
-                   c.eni_min_age)
+    return (config or AgentConfig()).pool
 
 
 def sim_config(create_latency: float = 3.0, config: AgentConfig | None = None) -> SimConfig:

@@ -11,7 +11,7 @@ from typing import Callable
 from ipam_daemon.policy import Action, Kind, Targets
 from ipam_daemon.stepper import Chore, PoolStepper
 
-from bench.node_sim import Decide, Node, SimConfig, SimResult
+from bench.node_sim import Decide, SimConfig, SimNode, SimResult
 from bench.trace import Trace
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 class Engine:
     """A clock and a queue of callbacks; ``run`` integrates the idle addresses over time."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: SimNode) -> None:
         self.node = node
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -150,7 +150,7 @@ class AwsLoop:
 class Simulation:
     def __init__(self, trace: Trace, config: SimConfig) -> None:
         self.trace, self.config = trace, config
-        self.node = Node(config)
+        self.node = SimNode(config)
         self.engine = Engine(self.node)
         self.loop: UnderlayLoop | AwsLoop | None = None
         self.pending: deque[tuple[str, float]] = deque()

@@ -11,7 +11,6 @@ stopped first. In ``vpc-route`` mode the pool is a :class:`~ipam_daemon.vpcroute
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from cni.datapath.registry import build_datapath, record_path_of
 
 from ipam_daemon.api import UnixHTTPServer
 from ipam_daemon.backoff import retry_until_stopped
-from ipam_daemon.config import AgentConfig, ConfigChange, diff_config
+from ipam_daemon.config import AgentConfig, ConfigChange, diff_config, flat_values, with_values
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.pool import Pool
 from ipam_daemon.cloud_node import CloudNode, discover_node
@@ -150,7 +149,8 @@ class Agent:
                            " values", ", ".join(change.restart))
         if not change.applied:
             return change
-        config = dataclasses.replace(self.config, **{k: getattr(config, k) for k in change.applied})
+        wanted = flat_values(config)
+        config = with_values(self.config, {k: wanted[k] for k in change.applied})
         self.config = config
         if self.service is not None:
             self.service.config = config
@@ -159,7 +159,7 @@ class Agent:
         if "log_level" in change.applied:
             logging.getLogger().setLevel(config.log_level.upper())
         logger.info("configuration applied without a restart: %s", ", ".join(
-            f"{k}={getattr(config, k)}" for k in change.applied))
+            f"{k}={wanted[k]}" for k in change.applied))
         return change
 
     def route_problem(self) -> str:

@@ -1,89 +1,42 @@
-"""Agent configuration: one frozen dataclass, parsed once from a JSON file (the ConfigMap)
-with ``UNDERLAY_<KEY>`` environment overrides, validated with messages that name the key
-and the bad value. Nothing else in the agent reads the environment.
+"""Agent configuration: one frozen dataclass, parsed once from a JSON file (the ConfigMap's
+``agent.json``) with ``UNDERLAY_<KEY>`` environment overrides, validated with messages that
+name the key and the bad value (``ipam_daemon.config_checks``). Nothing else in the agent
+reads the environment.
 
-Defaults, and why they differ from AWS VPC CNI's:
-
-- ``warm_ips=2``, ``warm_enis=0``: AWS defaults to WARM_ENI_TARGET=1, which holds a whole
-  ENI's worth of idle IPs per node (9 on an m5.large, 49 on an m5.24xlarge) and drains small
-  subnets. Two warm IPs cover a burst of two pods without a cloud call; the pool refills in
-  the background in one batched call, and a borrow that finds the pool empty waits a bounded
-  time (``borrow_wait_seconds``) for that refill instead of failing.
-- ``cooldown_seconds=30``: as AWS, but cooling IPs never count as available and the
-  cooldown survives a restart (it is persisted as a wall-clock time).
-- ``shrink_interval=30``, ``subnet_full_backoff=120``, ``reconcile_interval=60``,
-  ``leaked_eni_age=300``: AWS's intervals, which are reasonable.
-- ``eni_min_age=7200``: an ENI is deleted only when the others could have held the peak of
-  the last two hours (AWS: 60 s, and its second ENI comes and goes with the load). By then
-  it holds no secondary address: only its own primary stays taken.
-- ``pool_interval=5``: the loop also wakes at once when a borrow drops the pool below
-  target, so the interval only bounds how late a missed wake-up is noticed.
-- ``batch_size=4``: a shortfall is met with one AssignPrivateIpAddresses (or pre-filled
-  CreateNetworkInterface) for at least this many addresses; idle addresses are freed only
-  once ``2 * batch_size`` lie above ``warm_ips``, all but one batch in one call: churn of a
-  few pods costs no cloud call (see ``ipam_daemon.policy``).
+Every key is declared once, with its default and what it does (``schema.knob``); values are
+coerced from the field's type. The pool's knobs are ``ipam_daemon.policy.Targets``, nested
+here as ``pool``: the file may give them in ``"pool": {...}`` or, as release 0.1.0's files
+do, at the top level; ``UNDERLAY_WARM_IPS`` names them the same way. The reference of every
+key is docs/configuration.md, rendered from these declarations (``reference_markdown``).
 
 Per-node overrides (from Kubernetes) go through :func:`apply_overrides`, which validates
 exactly as the file does. Every ``UNDERLAY_*`` environment variable must name a key: an
 unknown one (``UNDERLAY_WARMIPS``) is an error naming it and the closest key. A running
-agent applies a later configuration (an edited ConfigMap: ``ipam_daemon.config_follower``)
-for the keys of :data:`LIVE_KEYS` only; :func:`diff_config` says which changed keys need a
-restart.
-
-Listeners: the status endpoint (``status_address:status_port``) binds loopback only (it
-names pods); metrics have their own (``metrics_address:metrics_port``, 61678), any IP
-address, the node's in the DaemonSet. ``imds_endpoint`` is where the instance metadata
-service is asked who this node is when neither the Node's providerID nor ``instance_id``
-says it ("" turns it off). ``config_map`` is the agent's ConfigMap that a running agent
-follows in ``kube-system``.
-
-Kubernetes (``kubernetes``): ``off`` (default: demo, tests), ``in-cluster`` (the pod's
-service account), ``kubeconfig`` (``kubeconfig`` names the file) or ``host`` (``kube_host``,
-a plain URL: the tests' fake API server). The node name comes from ``node_name``,
-``UNDERLAY_NODE_NAME`` or ``NODE_NAME`` (the downward API's usual name). At boot the agent
-waits at most ``kube_boot_wait`` seconds for the API server, then starts from this file.
-
-Mode (``mode``): ``eni`` (default: pods get ENI secondary addresses) or ``vpc-route``
-(pods get addresses of the node's pod CIDR, ``pod_cidr`` or the Node's ``spec.podCIDR``,
-carried by a VPC route ``pod_cidr -> primary ENI`` in ``route_tables``, or in the tables
-associated with the node's subnet when empty). ``cluster_cidr`` bounds the routes the sweep
-may delete: routes outside it are never touched.
+agent applies a later configuration for the keys declared ``live`` only (``LIVE_KEYS``);
+:func:`diff_config` says which changed keys need a restart.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cni.datapath.registry import datapath_names
+from ipam_daemon.config_checks import KUBE_SOURCES, MODES, ConfigError, validate_config
+from ipam_daemon.policy import Targets
+from ipam_daemon.schema import SchemaError, coerce, field_types, knob, reference
+
+__all__ = ["AgentConfig", "ConfigChange", "ConfigError", "KEYS", "KUBE_SOURCES", "LIVE_KEYS",
+           "MODES", "apply_overrides", "diff_config", "load_config", "parse_config"]
 
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "UNDERLAY_"
-MODES = ("eni", "vpc-route")
-KUBE_SOURCES = ("off", "in-cluster", "kubeconfig", "host")
-
-
-# Keys a running agent applies without a restart (the pool reads them at every step);
-# every other key shapes the node (identity, subnets, datapath, paths, listeners, the
-# Kubernetes wiring) and needs a restart.
-LIVE_KEYS = frozenset({
-    "warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_size", "cooldown_seconds",
-    "pool_interval", "shrink_interval", "reconcile_interval", "leaked_eni_age",
-    "leaked_eni_interval", "borrow_wait_seconds", "subnet_full_backoff", "max_backoff",
-    "log_level"})
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names key and value."""
-
 
 @dataclass(frozen=True)
 class ConfigChange:
@@ -95,62 +48,90 @@ class ConfigChange:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    cluster: str = "underlay"
-    node_name: str = ""
-    instance_id: str = ""
-    region: str = "us-east-1"
-    cloud_endpoint: str = ""
-    warm_ips: int = 2
-    min_ips: int = 0
-    max_ips: int = 0  # 0: as many as the instance holds
-    warm_enis: int = 0
-    max_enis: int = 0  # 0: the instance type's limit
-    cooldown_seconds: float = 30.0
-    batch_size: int = 4
-    subnets: tuple[str, ...] = ()  # empty: the primary ENI's subnet
-    security_groups: tuple[str, ...] = ()  # empty: the primary ENI's groups
-    datapath: str = "veth"
-    mtu: int = 9001
-    snat: bool = True
-    snat_excluded_cidrs: tuple[str, ...] = ()
-    vpc_cidrs: tuple[str, ...] = ()  # SNAT leaves these alone; empty: SNAT is not installed
-    socket_path: str = "/run/underlay/agent.sock"
-    state_path: str = "/var/lib/underlay/ipam.db"
-    status_address: str = "127.0.0.1"
-    status_port: int = 61680  # 0: any free port (tests)
-    metrics_address: str = "127.0.0.1"  # the DaemonSet sets the node's address (status.podIP)
-    metrics_port: int = 61678  # 0: any free port (tests)
-    pool_interval: float = 5.0
-    shrink_interval: float = 30.0
-    reconcile_interval: float = 60.0
-    eni_min_age: float = 7200.0  # and the demand horizon for deleting an ENI (policy.py)
-    leaked_eni_age: float = 300.0
-    leaked_eni_interval: float = 3600.0
-    borrow_wait_seconds: float = 10.0
-    subnet_full_backoff: float = 120.0
-    cloud_timeout: float = 10.0  # per request; a call with its retries gives up after 3x
-    max_backoff: float = 30.0  # longest pause of the pool loop after throttling or 5xx
-    log_level: str = "INFO"
-    # the instance metadata service (IMDSv2): who this node is when nothing else says so
-    imds_endpoint: str = "http://169.254.169.254"  # "": never asked
-    # Kubernetes
-    kubernetes: str = "off"
-    config_map: str = "underlay-config"  # followed in kube-system ("": not followed)
-    kubeconfig: str = ""
-    kube_host: str = ""
-    kube_timeout: float = 10.0
-    kube_boot_wait: float = 10.0
-    kube_gc_grace: float = 60.0
-    kube_gc_interval: float = 30.0
-    kube_status_interval: float = 10.0
-    kube_event_interval: float = 60.0
-    # route-table mode
-    mode: str = "eni"
-    pod_cidr: str = ""
-    cluster_cidr: str = ""
-    route_tables: tuple[str, ...] = ()
-    route_sweep_interval: float = 60.0
-    route_table_limit: int = 50  # for messages: EC2's default routes per table
+    # ---- who and where -------------------------------------------------------------------
+    cluster: str = knob("underlay", "The cluster's name; it tags the ENIs the agent creates.")
+    node_name: str = knob("", """The Kubernetes Node's name (also UNDERLAY_NODE_NAME or
+        NODE_NAME, the downward API's usual name).""")
+    instance_id: str = knob("", """This node's instance; empty: the Node's providerID, else
+        the instance metadata service.""")
+    region: str = knob("us-east-1", "The EC2 region.")
+    cloud_endpoint: str = knob("", "An EC2 endpoint URL other than the region's (tests).")
+    imds_endpoint: str = knob("http://169.254.169.254", """The instance metadata service
+        (IMDSv2), asked who this node is when nothing else says it ("": never asked).""")
+    # ---- the pool ------------------------------------------------------------------------
+    pool: Targets = field(default_factory=Targets)
+    cooldown_seconds: float = knob(30.0, """A released address is not handed out again for
+        this long (as AWS, but never counted as available, and kept across restarts).""",
+        live=True)
+    subnets: tuple[str, ...] = knob((), """Subnets for new ENIs (empty: the primary ENI's
+        subnet).""")
+    security_groups: tuple[str, ...] = knob((), """Security groups of new ENIs (empty: the
+        primary ENI's).""")
+    pool_interval: float = knob(5.0, """The pool loop looks at least this often (a borrow
+        that drops the pool below target wakes it at once).""", live=True)
+    shrink_interval: float = knob(30.0, "Idle addresses or ENIs are given back at most this"
+                                  " often.", live=True)
+    reconcile_interval: float = knob(60.0, "The store is reconciled with the cloud this"
+                                     " often.", live=True)
+    leaked_eni_age: float = knob(300.0, """An unattached ENI of ours this old is a leak and
+        deleted.""", live=True)
+    leaked_eni_interval: float = knob(3600.0, "Leaked ENIs are looked for this often.",
+                                      live=True)
+    borrow_wait_seconds: float = knob(10.0, """An ADD that finds the pool empty waits this
+        long for the refill before it fails naming why.""", live=True)
+    subnet_full_backoff: float = knob(120.0, """The pool stops asking for this long after the
+        subnet is full (or the ENI limit is reached).""", live=True)
+    max_backoff: float = knob(30.0, """The longest pause of the pool loop after throttling or
+        5xx.""", live=True)
+    cloud_timeout: float = knob(10.0, """Per EC2 request; a call with its retries gives up
+        after three times this.""")
+    # ---- the datapath --------------------------------------------------------------------
+    datapath: str = knob("veth", """How pods are wired: veth, ipvlan, or none (IPAM only); the
+        only source of the mode (cni.datapath.registry).""")
+    mtu: int = knob(9001, "The pods' MTU.")
+    snat: bool = knob(True, """SNAT pod traffic leaving the VPC to the node's primary
+        address (also "snat": {"enabled": .., "excluded_cidrs": [..]}).""")
+    snat_excluded_cidrs: tuple[str, ...] = knob((), "Destinations SNAT leaves alone.")
+    vpc_cidrs: tuple[str, ...] = knob((), """The VPC's CIDR blocks: SNAT leaves them alone;
+        empty: SNAT is not installed.""")
+    # ---- files and listeners -------------------------------------------------------------
+    socket_path: str = knob("/run/underlay/agent.sock", "The agent socket (mode 0600).")
+    state_path: str = knob("/var/lib/underlay/ipam.db", "The state database (SQLite, WAL).")
+    status_address: str = knob("127.0.0.1", """The status endpoint's address: loopback only
+        (it names pods).""")
+    status_port: int = knob(61680, "The status endpoint's port (0: any free port).")
+    metrics_address: str = knob("127.0.0.1", """The metrics listener's address (the
+        DaemonSet sets the node's, status.podIP).""")
+    metrics_port: int = knob(61678, "The metrics listener's port (0: any free port).")
+    log_level: str = knob("INFO", "DEBUG, INFO, WARNING or ERROR.", live=True)
+    # ---- Kubernetes ----------------------------------------------------------------------
+    kubernetes: str = knob("off", """off, in-cluster (the pod's service account), kubeconfig
+        (kubeconfig names the file) or host (kube_host: a plain URL, the tests').""")
+    config_map: str = knob("underlay-config", """The agent's ConfigMap in kube-system, whose
+        edits a running agent follows ("": not followed).""")
+    kubeconfig: str = knob("", "With kubernetes=kubeconfig: the file.")
+    kube_host: str = knob("", "With kubernetes=host: http(s)://host:port.")
+    kube_timeout: float = knob(10.0, "Per API server request.")
+    kube_boot_wait: float = knob(10.0, """At boot, wait this long for the API server, then
+        start from the file and catch up later.""")
+    kube_gc_grace: float = knob(60.0, """A pod gone from the API server keeps its address
+        this long before pod GC releases it.""")
+    kube_gc_interval: float = knob(30.0, "Pod GC runs this often.")
+    kube_status_interval: float = knob(10.0, "The Node's condition is patched at most this"
+                                       " often.")
+    kube_event_interval: float = knob(60.0, "The same event is recorded at most this often.",
+                                     )
+    # ---- route-table mode ----------------------------------------------------------------
+    mode: str = knob("eni", """eni (pods get ENI secondary addresses) or vpc-route (pods get
+        addresses of the node's pod CIDR, carried by a VPC route to the primary ENI).""")
+    pod_cidr: str = knob("", "vpc-route: the node's pod CIDR (else the Node's spec.podCIDR).")
+    cluster_cidr: str = knob("", """vpc-route: bounds the routes the sweep may delete
+        (outside it nothing is touched).""")
+    route_tables: tuple[str, ...] = knob((), """vpc-route: the route tables to keep the node's
+        route in (empty: those of the node's subnet).""")
+    route_sweep_interval: float = knob(60.0, "vpc-route: departed nodes' routes are swept"
+                                       " this often.")
+    route_table_limit: int = knob(50, "vpc-route: EC2's routes per table, for messages.")
 
     @property
     def vpc_route(self) -> bool:
@@ -161,61 +142,34 @@ class AgentConfig:
         return self.datapath == "none"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
-_INT_KEYS = {"warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis", "batch_size", "mtu",
-             "status_port", "metrics_port", "route_table_limit"}
-_FLOAT_KEYS = {"cooldown_seconds", "pool_interval", "shrink_interval", "reconcile_interval",
-               "eni_min_age", "leaked_eni_age", "leaked_eni_interval", "borrow_wait_seconds",
-               "subnet_full_backoff", "cloud_timeout", "max_backoff", "kube_timeout",
-               "kube_boot_wait", "kube_gc_grace", "kube_gc_interval", "kube_status_interval",
-               "kube_event_interval", "route_sweep_interval"}
-_LIST_KEYS = {"subnets", "security_groups", "snat_excluded_cidrs", "vpc_cidrs", "route_tables"}
-_BOOL_KEYS = {"snat"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+_TOP = {f.name: f for f in dataclasses.fields(AgentConfig) if f.name != "pool"}
+_POOL = {f.name: f for f in dataclasses.fields(Targets)}
+_TYPES = {**field_types(AgentConfig), **field_types(Targets)}
+# every key by its flat name: the file's top level, the environment, diffs and messages
+KEYS = frozenset(_TOP) | frozenset(_POOL)
+LIVE_KEYS = frozenset(k for k, f in {**_TOP, **_POOL}.items() if f.metadata.get("live"))
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """Turn a file or environment value into the field's type, or name what is wrong."""
-    if key in _INT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if key in _FLOAT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}") from None
-    if key in _BOOL_KEYS:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"{key}: expected on/off (true/false), got {value!r}")
-    if key in _LIST_KEYS:
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def _flatten_snat(raw: dict[str, Any]) -> dict[str, Any]:
-    """``"snat": {"enabled": .., "excluded_cidrs": [..]}`` is accepted as well as a bool."""
+def _flatten(raw: dict[str, Any]) -> dict[str, Any]:
+    """Nested ``pool`` and ``snat`` objects as flat keys; a key given twice is an error."""
+    raw = dict(raw)
+    pool = raw.pop("pool", {})
+    if not isinstance(pool, Mapping):
+        raise ConfigError(f"pool: expected an object of pool keys, got {pool!r}")
+    unknown = sorted(set(pool) - set(_POOL))
+    if unknown:
+        raise ConfigError(f"pool: unknown keys {', '.join(unknown)} (pool keys: "
+                          f"{', '.join(_POOL)})")
+    twice = sorted(set(pool) & set(raw))
+    if twice:
+        raise ConfigError(f"{', '.join(twice)}: given both in pool and at the top level")
+    raw.update(pool)
     snat = raw.get("snat")
     if isinstance(snat, dict):
         unknown = set(snat) - {"enabled", "excluded_cidrs"}
         if unknown:
             raise ConfigError(f"snat: unknown keys {sorted(unknown)}")
-        raw = {k: v for k, v in raw.items() if k != "snat"}
+        raw.pop("snat")
         if "enabled" in snat:
             raw["snat"] = snat["enabled"]
         if "excluded_cidrs" in snat:
@@ -226,19 +180,19 @@ def _flatten_snat(raw: dict[str, Any]) -> dict[str, Any]:
 def unknown_env(env: Mapping[str, str]) -> list[str]:
     """Every ``UNDERLAY_*`` variable of ``env`` that names no configuration key."""
     return sorted(n for n in env if n.startswith(ENV_PREFIX)
-                  and n[len(ENV_PREFIX):].lower() not in _FIELDS)
+                  and n[len(ENV_PREFIX):].lower() not in KEYS)
 
 
 def describe_unknown_env(names: list[str]) -> str:
     """``environment variable UNDERLAY_WARMIPS names no configuration key (did you mean
     UNDERLAY_WARM_IPS?)``, for each name."""
-    known = [ENV_PREFIX + k.upper() for k in _FIELDS]
+    known = [ENV_PREFIX + k.upper() for k in sorted(KEYS)]
     parts = []
     for name in names:
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
         parts.append(f"environment variable {name} names no configuration key"
                      + (f" (did you mean {close[0]}?)" if close else ""))
-    return "; ".join(parts) + " (every UNDERLAY_<KEY> must be a key of ipam_daemon.config)"
+    return "; ".join(parts) + " (every UNDERLAY_<KEY> must be a key: docs/configuration.md)"
 
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -246,8 +200,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     ``UNDERLAY_*`` variable must name a key: unknown ones are refused, all named at once."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"configuration: expected a JSON object, got {type(raw).__name__}")
-    values = _flatten_snat(dict(raw))
-    unknown = sorted(set(values) - set(_FIELDS))
+    values = _flatten(dict(raw))
+    unknown = sorted(set(values) - KEYS)
     if unknown:
         raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
     strays = unknown_env(env or {})
@@ -258,110 +212,27 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
             values[name[len(ENV_PREFIX):].lower()] = text
     if not values.get("node_name") and (env or {}).get("NODE_NAME"):
         values["node_name"] = (env or {})["NODE_NAME"]
-    coerced = {k: _coerce(k, v) for k, v in values.items()}
-    config = AgentConfig(**coerced)
+    try:
+        coerced = {k: coerce(k, v, _TYPES[k]) for k, v in values.items()}
+    except SchemaError as exc:
+        raise ConfigError(str(exc)) from None
+    pool = Targets(**{k: v for k, v in coerced.items() if k in _POOL})
+    config = AgentConfig(pool=pool, **{k: v for k, v in coerced.items() if k in _TOP})
     validate_config(config)
     return config
 
 
-def _require(cond: bool, key: str, value: Any, why: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}={value!r}: {why}")
+def flat_values(config: AgentConfig) -> dict[str, Any]:
+    """Every key by its flat name (the pool's too)."""
+    return {**{k: getattr(config, k) for k in _TOP},
+            **{k: getattr(config.pool, k) for k in _POOL}}
 
 
-def validate_config(c: AgentConfig) -> None:
-    for key in ("warm_ips", "min_ips", "max_ips", "warm_enis", "max_enis"):
-        _require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0")
-    _require(c.batch_size >= 1, "batch_size", c.batch_size, "must be >= 1")
-    if c.max_ips:
-        _require(c.min_ips <= c.max_ips, "min_ips", c.min_ips,
-                 f"must not exceed max_ips={c.max_ips}")
-        _require(c.warm_ips <= c.max_ips, "warm_ips", c.warm_ips,
-                 f"must not exceed max_ips={c.max_ips}")
-    for key in _FLOAT_KEYS:
-        _require(getattr(c, key) >= 0, key, getattr(c, key), "must be >= 0 seconds")
-    for key in ("pool_interval", "reconcile_interval", "cloud_timeout"):
-        _require(getattr(c, key) > 0, key, getattr(c, key), "must be > 0 seconds")
-    _require(c.datapath in datapath_names(), "datapath", c.datapath,
-             f"must be one of {datapath_names()}")
-    _require(576 <= c.mtu <= 9001, "mtu", c.mtu, "must be between 576 and 9001")
-    _require(0 <= c.status_port <= 65535, "status_port", c.status_port, "not a port number")
-    _require(c.status_address in ("127.0.0.1", "::1", "localhost"), "status_address",
-             c.status_address, "the status endpoint binds loopback only (it names pods;"
-             " metrics have their own listener: metrics_address)")
-    _require(0 <= c.metrics_port <= 65535, "metrics_port", c.metrics_port, "not a port number")
-    try:
-        ipaddress.ip_address(c.metrics_address)
-    except ValueError:
-        raise ConfigError(f"metrics_address={c.metrics_address!r}: expected an IP address (the"
-                          " node's, 0.0.0.0 for every interface, or 127.0.0.1)") from None
-    _require(not c.metrics_port or c.metrics_port != c.status_port, "metrics_port",
-             c.metrics_port, f"must differ from status_port={c.status_port}")
-    _require(bool(c.cluster) and len(c.cluster) <= 128, "cluster", c.cluster,
-             "must be a non-empty name (it tags our ENIs)")
-    _require(bool(c.socket_path), "socket_path", c.socket_path, "must be a path")
-    _require(bool(c.state_path), "state_path", c.state_path, "must be a path")
-    _require(c.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
-             c.log_level, "must be DEBUG, INFO, WARNING or ERROR")
-    for key in ("snat_excluded_cidrs", "vpc_cidrs"):
-        for cidr in getattr(c, key):
-            try:
-                ipaddress.ip_network(cidr)
-            except ValueError:
-                raise ConfigError(f"{key}: {cidr!r} is not a CIDR") from None
-    for sub in c.subnets:
-        _require(sub.startswith("subnet-"), "subnets", sub, "expected a subnet id (subnet-...)")
-    for sg in c.security_groups:
-        _require(sg.startswith("sg-"), "security_groups", sg, "expected a group id (sg-...)")
-    _validate_kube(c)
-    _validate_route_mode(c)
-
-
-def _validate_kube(c: AgentConfig) -> None:
-    _require(c.kubernetes in KUBE_SOURCES, "kubernetes", c.kubernetes,
-             f"must be one of {KUBE_SOURCES}")
-    _require(not c.imds_endpoint or c.imds_endpoint.startswith("http://"), "imds_endpoint",
-             c.imds_endpoint, "expected http://host[:port] or empty (off)")
-    if c.kubernetes == "off":
-        return
-    _require(bool(c.node_name), "node_name", c.node_name,
-             "required with kubernetes on (set it, UNDERLAY_NODE_NAME or NODE_NAME)")
-    if c.kubernetes == "kubeconfig":
-        _require(bool(c.kubeconfig), "kubeconfig", c.kubeconfig,
-                 "required with kubernetes=kubeconfig (a file path)")
-    if c.kubernetes == "host":
-        _require(c.kube_host.startswith(("http://", "https://")), "kube_host", c.kube_host,
-                 "required with kubernetes=host (http(s)://host:port)")
-    _require(c.kube_timeout > 0, "kube_timeout", c.kube_timeout, "must be > 0 seconds")
-
-
-def _cidr(key: str, value: str) -> ipaddress.IPv4Network:
-    try:
-        return ipaddress.IPv4Network(value)
-    except ValueError:
-        raise ConfigError(f"{key}={value!r}: not an IPv4 CIDR with its host bits clear"
-                          " (e.g. 10.244.1.0/24)") from None
-
-
-def _validate_route_mode(c: AgentConfig) -> None:
-    _require(c.mode in MODES, "mode", c.mode, f"must be one of {MODES}")
-    _require(c.route_table_limit >= 1, "route_table_limit", c.route_table_limit, "must be >= 1")
-    for table in c.route_tables:
-        _require(table.startswith("rtb-"), "route_tables", table,
-                 "expected a route table id (rtb-...)")
-    cluster = _cidr("cluster_cidr", c.cluster_cidr) if c.cluster_cidr else None
-    if c.pod_cidr:
-        pod = _cidr("pod_cidr", c.pod_cidr)
-        _require(16 <= pod.prefixlen <= 29, "pod_cidr", c.pod_cidr,
-                 "prefix must be /16../29 (addresses are carved locally)")
-        if cluster is not None:
-            _require(pod.subnet_of(cluster), "pod_cidr", c.pod_cidr,
-                     f"must lie inside cluster_cidr={c.cluster_cidr}")
-    if c.vpc_route:
-        _require(c.datapath in ("veth", "none"), "datapath", c.datapath,
-                 "mode vpc-route routes pods in the main table: veth (or none)")
-        _require(bool(c.pod_cidr) or c.kubernetes != "off", "pod_cidr", c.pod_cidr,
-                 "required in mode vpc-route without kubernetes (the Node's spec.podCIDR)")
+def with_values(config: AgentConfig, values: Mapping[str, Any]) -> AgentConfig:
+    """``config`` with some keys (flat names) replaced; not validated again."""
+    pool = dataclasses.replace(config.pool, **{k: v for k, v in values.items() if k in _POOL})
+    return dataclasses.replace(config, pool=pool,
+                               **{k: v for k, v in values.items() if k in _TOP})
 
 
 def load_config(path: str | os.PathLike[str] | None,
@@ -381,8 +252,8 @@ def load_config(path: str | os.PathLike[str] | None,
 
 
 def diff_config(old: AgentConfig, new: AgentConfig) -> ConfigChange:
-    changed = [f.name for f in dataclasses.fields(AgentConfig)
-               if getattr(old, f.name) != getattr(new, f.name)]
+    before, after = flat_values(old), flat_values(new)
+    changed = [k for k in before if before[k] != after[k]]
     return ConfigChange(tuple(k for k in changed if k in LIVE_KEYS),
                         tuple(k for k in changed if k not in LIVE_KEYS))
 
@@ -390,6 +261,20 @@ def diff_config(old: AgentConfig, new: AgentConfig) -> ConfigChange:
 def apply_overrides(config: AgentConfig, overrides: Mapping[str, Any]) -> AgentConfig:
     """Per-node overrides (subnets, security groups, pool targets) merged over ``config``
     and validated; used by the Kubernetes module once node identity comes from the API."""
-    values = {k: getattr(config, k) for k in _FIELDS}
-    values.update(_flatten_snat(dict(overrides)))
+    values = flat_values(config)
+    values.update(_flatten(dict(overrides)))
     return parse_config(values, {})
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every key, its type, default, whether it applies live, and
+    what it does."""
+    return "\n".join([
+        "# Configuration reference", "",
+        "The agent's keys: `agent.json` in the `underlay-config` ConfigMap (or the file given",
+        "with `--config`), each also settable as `UNDERLAY_<KEY>` in the environment and in a",
+        "per-node override. The pool's keys may be given at the top level or in `\"pool\": {}`.",
+        "Keys marked live apply to a running agent when the ConfigMap is edited; the others",
+        "need a restart (the agent says which). Rendered from `ipam_daemon/config.py` and",
+        "`ipam_daemon/policy.py` (`Targets`); a test keeps this file equal to them.", "",
+        reference([("The pool", Targets, ""), ("The agent", AgentConfig, "")]).rstrip(), ""])

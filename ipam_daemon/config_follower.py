@@ -18,14 +18,14 @@ The mounted file (``/etc/underlay/config/agent.json``) is what a restarted agent
 the kubelet refreshes it from the same ConfigMap within a minute or so."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ipam_daemon.config import ENV_PREFIX, AgentConfig, ConfigChange, ConfigError, parse_config
+from ipam_daemon.config import (ENV_PREFIX, AgentConfig, ConfigChange, ConfigError, flat_values,
+                                parse_config)
 from ipam_daemon.kube import Reason
 from ipam_daemon.kube.client import KubeError
 from ipam_daemon.kube.identity import IdentityError
@@ -40,9 +40,9 @@ RESTART_HINT = "kubectl -n kube-system rollout restart ds/underlay"
 
 
 def base_config_of(config: AgentConfig) -> dict[str, Any]:
-    """The configuration as the plain dict overrides are merged over (lists, not tuples)."""
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(config).items()}
+    """The configuration as the plain dict overrides are merged over: every key by its flat
+    name (a node's override of ``warm_ips`` replaces the pool's), lists, not tuples."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in flat_values(config).items()}
 
 
 def where_of(config_map: dict) -> str:

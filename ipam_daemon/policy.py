@@ -37,6 +37,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
+from ipam_daemon.schema import knob
+
 logger = logging.getLogger(__name__)
 
 
@@ -78,16 +80,33 @@ class EniCounts:
 
 @dataclass(frozen=True)
 class Targets:
-    warm_ips: int = 2
-    min_ips: int = 0
-    max_ips: int = 0  # 0: no ceiling beyond the instance
-    warm_enis: int = 0
-    max_enis: int = 0  # 0: the instance limit
-    batch_size: int = 4
-    eni_min_age: float = 60.0  # also the horizon of ``Demand.peak`` for ENI deletion
-    eni_headroom: int = 4  # reachable addresses below warm + this: attach the next ENI
-    surge_rise: int = 5  # a rise of this many assigned within RISE_WINDOW is a burst ...
-    surge_ips: int = 1  # ... during which this many more addresses are kept warm
+    """The pool's knobs: the agent's configuration nests them as ``pool`` (the keys are
+    also accepted at the top level of the file and as ``UNDERLAY_<KEY>``); these are the
+    agent's defaults, and every one applies to a running agent."""
+
+    warm_ips: int = knob(2, """Free addresses kept ready for the next pods. AWS's default
+        (WARM_ENI_TARGET=1) keeps a whole ENI's worth; two cover a burst of two pods without
+        a cloud call, the pool refills in the background in one batched call.""", live=True)
+    min_ips: int = knob(0, "Addresses held at least, assigned or not.", live=True)
+    max_ips: int = knob(0, "Addresses held at most (0: as many as the instance holds).",
+                        live=True)
+    warm_enis: int = knob(0, """ENIs' worth of free addresses kept ready (AWS's
+        WARM_ENI_TARGET, counted in addresses, not in idle ENIs).""", live=True)
+    max_enis: int = knob(0, "ENIs attached at most (0: the instance type's limit).",
+                         live=True)
+    batch_size: int = knob(4, """A shortfall is met with one call for at least this many
+        addresses; idle ones are freed only once 2 x batch_size lie above warm_ips, all but
+        one batch in one call: the churn of a few pods costs no cloud call.""", live=True)
+    eni_min_age: float = knob(7200.0, """An ENI is deleted only when the others could have
+        held the peak demand of this many seconds (AWS: 60 s, and its second ENI comes and
+        goes with the load).""", live=True)
+    eni_headroom: int = knob(4, """When the free addresses plus the room on attached ENIs
+        fall below warm_ips + this, the next ENI is attached ahead, empty, so a burst meets
+        a 0.3 s Assign instead of a 3 s create.""", live=True)
+    surge_rise: int = knob(5, """A rise of this many assigned addresses within 30 s is a
+        burst (0: never) ...""", live=True)
+    surge_ips: int = knob(1, "... during which this many more addresses are kept warm.",
+                          live=True)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ipam_daemon.backoff import retry_until_stopped
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.errors import kind_of
 from ipam_daemon.metrics import Metrics
-from ipam_daemon.policy import Action, Blocker, EniCounts, Kind, Limits, Targets
+from ipam_daemon.policy import Action, Blocker, EniCounts, Kind, Limits
 from ipam_daemon.cloud_node import CloudNode
 from ipam_daemon.reconcile import (
     SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
@@ -91,9 +91,7 @@ class Pool:
         self.datapath = datapath
         self.metrics = metrics
         self.subnets = SubnetCache(cloud)
-        self.targets = Targets(config.warm_ips, config.min_ips, config.max_ips,
-                               config.warm_enis, config.max_enis, config.batch_size,
-                               config.eni_min_age)
+        self.targets = config.pool
         self.limits = Limits(node.limits.max_enis, node.limits.ips_per_eni)
         self.stepper = PoolStepper(self.targets, self.limits, Intervals.from_config(config))
         self.reconciled = threading.Event()
@@ -126,9 +124,7 @@ class Pool:
     def apply_config(self, config: AgentConfig) -> None:
         """New pool targets (a per-node override that arrived after boot)."""
         self.config = config
-        self.targets = Targets(config.warm_ips, config.min_ips, config.max_ips,
-                               config.warm_enis, config.max_enis, config.batch_size,
-                               config.eni_min_age)
+        self.targets = config.pool
         self.stepper.configure(self.targets, Intervals.from_config(config))
         self._wake.set()
 

@@ -281,11 +281,12 @@ class Service:
                     "capacity": per_eni_cap, "free": u.free, "assigned": u.assigned,
                     "cooling": u.cooling, "releasing": u.releasing} for u in usage]
         ceiling = self.pool.limits.max_enis
-        if self.config.max_enis:
-            ceiling = min(ceiling, self.config.max_enis)
+        targets = self.config.pool
+        if targets.max_enis:
+            ceiling = min(ceiling, targets.max_enis)
         capacity = ceiling * per_eni_cap
-        if self.config.max_ips:
-            capacity = min(capacity, self.config.max_ips)
+        if targets.max_ips:
+            capacity = min(capacity, targets.max_ips)
         blocked = self.pool.blocked
         route: dict = {}
         if self.config.vpc_route:
@@ -300,8 +301,8 @@ class Service:
             "cooling": sum(u.cooling for u in usage),
             "enis": len(usage),
             "max_enis": ceiling,
-            "targets": {"warm_ips": self.config.warm_ips, "min_ips": self.config.min_ips,
-                        "max_ips": self.config.max_ips, "warm_enis": self.config.warm_enis},
+            "targets": {"warm_ips": targets.warm_ips, "min_ips": targets.min_ips,
+                        "max_ips": targets.max_ips, "warm_enis": targets.warm_enis},
             "blocked": None if blocked is None else {"code": int(blocked.code),
                                                      "msg": blocked.message},
             "ready": self.pool.reconciled.is_set(),

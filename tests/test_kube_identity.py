@@ -64,10 +64,10 @@ def test_per_node_override_merged_and_validated(apiserver):
         tuned = resolve_identity(api, "node-a", BASE)
         plain = resolve_identity(api, "node-b", BASE)
     config = parse_config(tuned.config, {})
-    assert (config.warm_ips, config.max_ips, config.security_groups) == (8, 20, ("sg-0pods",))
+    assert (config.pool.warm_ips, config.pool.max_ips, config.security_groups) == (8, 20, ("sg-0pods",))
     assert config.subnets == ("subnet-0base",) and config.cluster == "prod-eu"  # untouched keys stay
     assert tuned.override == "kube-system/big-pool"
-    assert parse_config(plain.config, {}).warm_ips == 2
+    assert parse_config(plain.config, {}).pool.warm_ips == 2
 
 
 @pytest.mark.parametrize("data, named", [
@@ -117,11 +117,11 @@ def test_agent_starts_with_api_server_down_then_catches_up(apiserver):
     try:
         identity = kube.start()
         assert identity.source == "configuration" and identity.config == BASE
-        assert parse_config(identity.config, {}).warm_ips == 2  # the agent serves with its file
+        assert parse_config(identity.config, {}).pool.warm_ips == 2  # the agent serves with its file
         apiserver.come_up()
         wait_until(lambda: caught_up, "the identity catch-up")
         assert caught_up[0].source == "kubernetes" and caught_up[0].instance_id == INSTANCE
-        assert parse_config(caught_up[0].config, {}).warm_ips == 5
+        assert parse_config(caught_up[0].config, {}).pool.warm_ips == 5
         assert kube.identity == caught_up[0]
     finally:
         kube.stop()
@@ -140,6 +140,6 @@ def test_label_change_at_runtime_applies_the_new_override(apiserver):
         apiserver.patch("nodes", "node-a", {"metadata": {"labels": {"underlay.io/config": "tuned"}}})
         wait_until(lambda: changed, "the new override")
         assert changed[0].override == "kube-system/tuned"
-        assert parse_config(changed[0].config, {}).warm_ips == 6
+        assert parse_config(changed[0].config, {}).pool.warm_ips == 6
     finally:
         kube.stop()

@@ -10,7 +10,7 @@ from ipam_daemon.policy import (
 M5L = Limits(max_enis=3, ips_per_eni=10)  # 9 secondaries per ENI
 
 
-def eni(name, free=0, assigned=0, cooling=0, primary=False, age=3600.0, capacity=9):
+def eni(name, free=0, assigned=0, cooling=0, primary=False, age=9000.0, capacity=9):
     return EniCounts(name, capacity, free=free, assigned=assigned, cooling=cooling,
                      is_primary=primary, age_seconds=age)
 
