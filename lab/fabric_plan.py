@@ -218,21 +218,17 @@ def plan_fabric(view: CloudView) -> FabricPlan:
         net = ipaddress.ip_network(eni.subnet_cidr)
         link = EniLink(eni, name_router_link(eni.id), str(net.network_address + 1), net.prefixlen)
         links.append(link)
-        for ip in eni.ips:
-            if ip in owner:
-                logger.error("IP %s is held by both %s and %s; routing it to the first",
-                             ip, owner[ip], eni.id)
+        # each address a /32 with its neighbour entry; each prefix via the primary address
+        held = [(f"{ip}/32", None) for ip in eni.ips] + [(p, eni.primary_ip) for p in eni.prefixes]
+        for dst, via in held:
+            if dst in owner:
+                logger.error("%s is held by both %s and %s; routing it to the first",
+                             dst, owner[dst], eni.id)
                 continue
-            owner[ip] = eni.id
-            routes.add(RouterRoute(f"{ip}/32", link.router_ifname))
-            neighbours.add(Neighbour(ip, link.router_ifname, eni.mac))
-        for prefix in eni.prefixes:
-            if prefix in owner:
-                logger.error("prefix %s is held by both %s and %s; routing it to the first",
-                             prefix, owner[prefix], eni.id)
-                continue
-            owner[prefix] = eni.id
-            routes.add(RouterRoute(prefix, link.router_ifname, eni.primary_ip))
+            owner[dst] = eni.id
+            routes.add(RouterRoute(dst, link.router_ifname, via))
+            if via is None:
+                neighbours.add(Neighbour(dst[:-3], link.router_ifname, eni.mac))
     by_eni = {link.eni.id: link for link in links}
     seen: dict[str, RouteView] = {}
     for route in view.routes:
@@ -244,7 +240,7 @@ def plan_fabric(view: CloudView) -> FabricPlan:
             logger.warning("route %s in %s shadowed by the one in %s", cidr, route.table_id,
                            seen[cidr].table_id)
             continue
-        if (cidr.endswith("/32") and cidr[:-3] in owner) or cidr in owner:
+        if cidr in owner:
             logger.warning("route %s in %s ignored: the address or prefix is an ENI's own",
                            cidr, route.table_id)
             continue

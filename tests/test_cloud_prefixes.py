@@ -5,29 +5,16 @@ subnet, and refused calls that leave nothing behind."""
 from __future__ import annotations
 
 import ipaddress
-import secrets
 
 import pytest
 
 from cloud import errors
 from cloud.provision import provision_eni
-from cloud.types import TAG_CLUSTER
-from cloud_fixtures import call_count
+from cloud_fixtures import call_count, enis_of
 from cloud_fixtures import *  # noqa: F401,F403 - the fixtures
 
 pytestmark = pytest.mark.timeout(120)
 NODES_PER_WORLD = 8
-
-
-@pytest.fixture
-def cluster() -> str:
-    return f"pfx-{secrets.token_hex(3)}"
-
-
-def tagged(setup_client, cluster: str) -> list[dict]:
-    """Every ENI tagged with the cluster, whatever its state (uncounted set-up call)."""
-    return setup_client.describe_network_interfaces(
-        Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]}])["NetworkInterfaces"]
 
 
 def aligned(prefixes) -> bool:
@@ -81,7 +68,7 @@ def test_create_eni_pre_filled_with_prefixes_in_one_call(cloud, world, control, 
     assert len(eni.prefixes) == 4 and aligned(eni.prefixes) and eni.secondary_ips == ()
     assert call_count(control, "CreateNetworkInterface") == 1
     assert call_count(control, "AssignPrivateIpAddresses") == 0
-    listed = tagged(setup_client, cluster)[0]
+    listed = enis_of(setup_client, cluster)[0]
     assert tuple(p["Ipv4Prefix"] for p in listed["Ipv4Prefixes"]) == eni.prefixes
 
 
@@ -98,7 +85,7 @@ def test_a_fragmented_subnet_is_subnet_fragmented_naming_the_subnet(cloud, world
     assert cloud.assign_ips(loose.id, 3)  # single addresses still come
     with pytest.raises(errors.SubnetFragmented, match=f"subnet {fragmented_subnet}"):
         cloud.create_eni(fragmented_subnet, [], 0, cluster=cluster, node="n", prefix_count=1)
-    assert [e["NetworkInterfaceId"] for e in tagged(setup_client, cluster)] == [loose.id]
+    assert [e["NetworkInterfaceId"] for e in enis_of(setup_client, cluster)] == [loose.id]
 
 
 def test_provision_eni_attaches_an_eni_pre_filled_with_prefixes(cloud, node, control, cluster):
@@ -127,7 +114,7 @@ def test_provision_refused_in_a_fragmented_subnet_leaves_nothing(cloud, node, co
     with pytest.raises(errors.SubnetFragmented, match=f"subnet {fragmented_subnet}"):
         provision_eni(cloud, instance, limits, fragmented_subnet, instance.security_groups,
                       0, cluster, instance.id, prefix_count=2)
-    assert tagged(setup_client, cluster) == []
+    assert enis_of(setup_client, cluster) == []
     assert call_count(control, "AttachNetworkInterface") == 0
     assert [e.device_index for e in cloud.list_enis(instance.id)] == [0]
 
@@ -147,7 +134,7 @@ def test_provision_with_prefixes_on_a_type_that_is_not_nitro_leaves_no_orphan(
                       0, cluster, instance.id, prefix_count=2)
     assert call_count(control, "CreateNetworkInterface") == 1
     assert call_count(control, "DeleteNetworkInterface") == 1
-    assert tagged(setup_client, cluster) == []
+    assert enis_of(setup_client, cluster) == []
     assert [e.device_index for e in cloud.list_enis(instance.id)] == [0]
 
 
