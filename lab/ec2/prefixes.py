@@ -125,12 +125,14 @@ def choose_prefixes(space: SubnetSpace, count: int, *, free_blocks_only: bool = 
         return []
     explicit = space.reserved_for("explicit") if honour_reservations else frozenset()
     for_prefixes = space.reserved_for("prefix") if honour_reservations else frozenset()
+    # a block is free when none of its 16 addresses is taken: index blocks by address >> 4
+    taken = space.used | space.reserved | space.prefix_addresses if free_blocks_only \
+        else frozenset(int(p.network_address) for p in space.prefixes)
+    occupied = {a >> 4 for a in taken}
     preferred: list[Network] = []
     others: list[Network] = []
     for block in aligned_blocks(space.cidr):
-        if free_blocks_only and block_obstacle(space, block) is not None:
-            continue
-        if not free_blocks_only and block in space.prefixes:
+        if int(block.network_address) >> 4 in occupied:
             continue
         span = network_range(block)
         if any(a in explicit for a in span):
