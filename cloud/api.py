@@ -38,8 +38,10 @@ class Cloud(Protocol):
         *,
         cluster: str,
         node: str,
+        prefix_count: int = 0,
     ) -> Eni:
-        """A new ENI pre-filled with ``secondary_ips`` secondary IPs, tagged as ours."""
+        """A new ENI pre-filled with ``secondary_ips`` secondary IPs or ``prefix_count``
+        /28 prefixes (not both), tagged as ours."""
 
     def attach_eni(self, eni_id: EniId, instance_id: InstanceId, device_index: int) -> str:
         """Attach and set DeleteOnTermination; returns the attachment id."""
@@ -52,6 +54,13 @@ class Cloud(Protocol):
         """One AssignPrivateIpAddresses call; returns the new addresses."""
 
     def unassign_ips(self, eni_id: EniId, ips: Sequence[str]) -> None: ...
+
+    def assign_prefixes(self, eni_id: EniId, count: int) -> tuple[str, ...]:
+        """One AssignPrivateIpAddresses call for ``count`` /28 prefixes; returns the new
+        prefixes. A subnet with free addresses but no free aligned /28 raises
+        SubnetFragmented naming the subnet."""
+
+    def unassign_prefixes(self, eni_id: EniId, prefixes: Sequence[str]) -> None: ...
 
     def list_leaked_enis(self, cluster: str, older_than_seconds: float) -> list[Eni]:
         """Our ENIs (tagged with this cluster) in state ``available``, older than the

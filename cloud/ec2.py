@@ -21,7 +21,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloud.ec2_errors import outcome_of, translate_error
+from cloud.ec2_addresses import EniAddressCalls
+from cloud.ec2_errors import SubnetOf, outcome_of, translate_error
 from cloud.ec2_parse import (
     parse_eni,
     parse_instance,
@@ -32,7 +33,7 @@ from cloud.ec2_parse import (
 from cloud.errors import CloudError, InvalidRequest, NotFound
 from cloud.leaks import select_leaked_enis
 from cloud.retry import RetryPolicy, run_with_retries
-from cloud.validate import require_cidr, require_count, require_id, require_ids, require_ipv4
+from cloud.validate import require_cidr, require_count, require_id, require_ids
 from cloud.types import (
     TAG_CLUSTER,
     TAG_CREATED_AT,
@@ -53,8 +54,10 @@ logger = logging.getLogger(__name__)
 OnCall = Callable[[str, str, float], None]
 
 
-class Ec2Cloud:
-    """EC2 through boto3. Thread-safe: boto3 clients are, and the caches are locked."""
+class Ec2Cloud(EniAddressCalls):
+    """EC2 through boto3. Thread-safe: boto3 clients are, and the caches are locked.
+    The calls that fill and empty an ENI's address slots (IPs and prefixes) are in
+    ``cloud.ec2_addresses``."""
 
     def __init__(
         self,
@@ -106,7 +109,8 @@ class Ec2Cloud:
 
     # -- the one way a request is made -------------------------------------------------
 
-    def _call(self, action: str, params: dict[str, Any], *, eni_id: str | None = None) -> Any:
+    def _call(self, action: str, params: dict[str, Any], *, eni_id: str | None = None,
+              subnet: str | SubnetOf | None = None) -> Any:
         method = getattr(self._client, _snake(action))
 
         def attempt() -> Any:
@@ -114,7 +118,7 @@ class Ec2Cloud:
             try:
                 response = method(**params)
             except (ClientError, BotoCoreError) as exc:  # translated here, in one place
-                error = translate_error(exc, action)
+                error = translate_error(exc, action, subnet=subnet)
                 self._report(action, outcome_of(error), time.monotonic() - started)
                 raise error from None
             self._report(action, "ok", time.monotonic() - started)
@@ -230,12 +234,20 @@ class Ec2Cloud:
         *,
         cluster: str,
         node: str,
+        prefix_count: int = 0,
     ) -> Eni:
         action = "CreateNetworkInterface"
         require_id(subnet_id, "subnet-", "subnet id", action)
         groups = require_ids(security_groups, "sg-", "security group id", action,
                              allow_empty=True)
         require_count(secondary_ips, 0, "secondary_ips", action)
+        require_count(prefix_count, 0, "prefix_count", action)
+        if secondary_ips and prefix_count:
+            raise InvalidRequest(
+                f"{action}: an ENI is pre-filled with secondary IPs or with prefixes, not "
+                f"both (secondary_ips={secondary_ips}, prefix_count={prefix_count})",
+                action=action,
+            )
         if not cluster or not node:
             raise InvalidRequest(
                 f"{action}: cluster and node must be non-empty (got {cluster!r}, {node!r})",
@@ -261,15 +273,17 @@ class Ec2Cloud:
             params["Groups"] = groups
         if secondary_ips:
             params["SecondaryPrivateIpAddressCount"] = secondary_ips
-        eni = parse_eni(self._call(action, params)["NetworkInterface"])
+        if prefix_count:
+            params["Ipv4PrefixCount"] = prefix_count
+        eni = parse_eni(self._call(action, params, subnet=subnet_id)["NetworkInterface"])
         with self._lock:
             now = time.monotonic()
             horizon = now - self.policy.not_found_window
             self._created = {k: t for k, t in self._created.items() if t > horizon}
             self._created[eni.id] = now
         logger.info(
-            "created ENI %s in %s with %d secondary IPs for node %s",
-            eni.id, subnet_id, len(eni.secondary_ips), node,
+            "created ENI %s in %s with %d secondary IPs and %d prefixes for node %s",
+            eni.id, subnet_id, len(eni.secondary_ips), len(eni.prefixes), node,
         )
         return eni
 
@@ -307,35 +321,6 @@ class Ec2Cloud:
         with self._lock:
             self._created.pop(eni_id, None)  # gone for good: NotFound is no longer a lag
         logger.info("deleted ENI %s", eni_id)
-
-    def assign_ips(self, eni_id: EniId, count: int) -> tuple[str, ...]:
-        """One AssignPrivateIpAddresses call. Not idempotent: a retry after a lost answer
-        may assign a second batch; the agent's reconcile finds such addresses."""
-        action = "AssignPrivateIpAddresses"
-        require_id(eni_id, "eni-", "ENI id", action)
-        require_count(count, 1, "count", action)
-        response = self._call(
-            action,
-            {"NetworkInterfaceId": eni_id, "SecondaryPrivateIpAddressCount": count},
-            eni_id=eni_id,
-        )
-        assigned = tuple(
-            a["PrivateIpAddress"] for a in response.get("AssignedPrivateIpAddresses") or ()
-        )
-        logger.info("assigned %d IPs to %s: %s", len(assigned), eni_id, ", ".join(assigned))
-        return assigned
-
-    def unassign_ips(self, eni_id: EniId, ips: Sequence[str]) -> None:
-        action = "UnassignPrivateIpAddresses"
-        require_id(eni_id, "eni-", "ENI id", action)
-        if isinstance(ips, str) or not isinstance(ips, (list, tuple)) or not ips:
-            raise InvalidRequest(f"{action}: ips must be a non-empty list, got {ips!r}",
-                                 action=action)
-        for ip in ips:
-            require_ipv4(ip, action)
-        self._call(action, {"NetworkInterfaceId": eni_id, "PrivateIpAddresses": list(ips)},
-                   eni_id=eni_id)
-        logger.info("unassigned %d IPs from %s: %s", len(ips), eni_id, ", ".join(ips))
 
     def list_leaked_enis(self, cluster: str, older_than_seconds: float) -> list[Eni]:
         action = "DescribeNetworkInterfaces"

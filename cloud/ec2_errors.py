@@ -7,6 +7,8 @@
     PrivateIpAddressLimitExceeded                   -> IpLimitReached
     AttachmentLimitExceeded                         -> EniLimitReached
     InsufficientFreeAddressesInSubnet               -> SubnetExhausted
+    InsufficientCidrBlocks                          -> SubnetFragmented (free addresses,
+                                                       no free aligned /28; names the subnet)
     *.NotFound                                      -> NotFound
     InvalidNetworkInterface.InUse, a device index
       already taken on the instance                 -> InUse
@@ -20,6 +22,7 @@ text holds EC2's code and message only, and credential errors are described by k
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -43,6 +46,7 @@ from cloud.errors import (
     NotFound,
     PermissionDenied,
     SubnetExhausted,
+    SubnetFragmented,
     Throttled,
 )
 
@@ -80,12 +84,18 @@ _SIMPLE: dict[str, tuple[type[CloudError], str]] = {
 }
 
 
-def translate_error(exc: BaseException, action: str) -> CloudError:
-    """The cloud error for a failure of EC2 ``action`` (e.g. "AssignPrivateIpAddresses")."""
+SubnetOf = Callable[[], "str | None"]
+
+
+def translate_error(exc: BaseException, action: str, *,
+                    subnet: str | SubnetOf | None = None) -> CloudError:
+    """The cloud error for a failure of EC2 ``action`` (e.g. "AssignPrivateIpAddresses").
+    ``subnet`` is the subnet the call is about, or a function that finds it (called only
+    for an error that names it: EC2's message for InsufficientCidrBlocks does not)."""
     if isinstance(exc, CloudError):
         return exc
     if isinstance(exc, ClientError):
-        return _translate_client_error(exc, action)
+        return _translate_client_error(exc, action, subnet)
     if isinstance(exc, ConnectTimeoutError):
         return CloudUnavailable(
             f"{action} failed: connecting to the EC2 endpoint timed out",
@@ -128,7 +138,8 @@ def translate_error(exc: BaseException, action: str) -> CloudError:
     )
 
 
-def _translate_client_error(exc: ClientError, action: str) -> CloudError:
+def _translate_client_error(exc: ClientError, action: str,
+                            subnet: str | SubnetOf | None) -> CloudError:
     error = exc.response.get("Error", {}) or {}
     code = str(error.get("Code", "") or "")
     message = str(error.get("Message", "") or "")
@@ -150,6 +161,16 @@ def _translate_client_error(exc: ClientError, action: str) -> CloudError:
         return PermissionDenied(
             f"ec2:{action} refused: the caller is not allowed to perform ec2:{action} "
             f"(grant it in the node's IAM policy) ({detail})",
+            code=code,
+            action=action,
+        )
+    if code == "InsufficientCidrBlocks":
+        subnet_id = subnet() if callable(subnet) else subnet
+        where = f"subnet {subnet_id}" if subnet_id else "the subnet"
+        return SubnetFragmented(
+            f"{action} failed: {where} has no free aligned /28 block for a prefix, though it "
+            f"may still have free addresses (fragmented; a subnet CIDR reservation of type "
+            f"prefix keeps blocks free) ({detail})",
             code=code,
             action=action,
         )

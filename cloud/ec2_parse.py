@@ -60,6 +60,8 @@ def parse_eni(doc: Doc) -> Eni:
         attachment_id=attachment.get("AttachmentId") if attached else None,
         source_dest_check=bool(doc.get("SourceDestCheck", True)),
         tags=parse_tags(doc.get("TagSet") or doc.get("Tags")),
+        prefixes=tuple(p["Ipv4Prefix"] for p in doc.get("Ipv4Prefixes") or ()
+                       if p.get("Ipv4Prefix")),
     )
 
 

@@ -1,6 +1,7 @@
 """Bring an ENI to a node and take it away again, with structural rollback.
 
-``provision_eni`` creates an ENI pre-filled with secondary IPs (one call), attaches it at
+``provision_eni`` creates an ENI pre-filled with secondary IPs or /28 prefixes (one call),
+attaches it at
 the lowest free device index (moving on to the next index when another attach took it
 first), and deletes the new ENI again if it cannot be attached, so no orphan is left.
 ``release_eni`` detaches, waits (bounded) until the ENI is ``available``, and deletes it.
@@ -29,16 +30,27 @@ def provision_eni(
     secondary_ips: int,
     cluster: str,
     node: str,
+    *,
+    prefix_count: int = 0,
 ) -> Eni:
-    """A new ENI with ``secondary_ips`` secondary IPs, attached to ``instance``.
+    """A new ENI with ``secondary_ips`` secondary IPs, or instead ``prefix_count`` /28
+    prefixes (each in one of the slots a secondary IP would take), attached to ``instance``.
 
     Raises ``EniLimitReached`` without creating anything when the instance already holds
-    ``limits.max_enis`` ENIs; any failure after the create deletes the new ENI again.
+    ``limits.max_enis`` ENIs; any failure after the create deletes the new ENI again. A
+    refused create (``SubnetFragmented`` when no aligned /28 is free) leaves nothing.
     """
-    if not 0 <= secondary_ips <= limits.secondary_ips_per_eni:
+    for what, count in (("secondary_ips", secondary_ips), ("prefix_count", prefix_count)):
+        if isinstance(count, bool) or not isinstance(count, int) \
+                or not 0 <= count <= limits.secondary_ips_per_eni:
+            raise InvalidRequest(
+                f"provision_eni: {what} must be between 0 and "
+                f"{limits.secondary_ips_per_eni} for {limits.instance_type}, got {count!r}"
+            )
+    if secondary_ips and prefix_count:
         raise InvalidRequest(
-            f"provision_eni: secondary_ips must be between 0 and "
-            f"{limits.secondary_ips_per_eni} for {limits.instance_type}, got {secondary_ips}"
+            f"provision_eni: pre-fill with secondary IPs or with prefixes, not both "
+            f"(secondary_ips={secondary_ips}, prefix_count={prefix_count})"
         )
     taken = {e.device_index for e in cloud.list_enis(instance.id) if e.device_index is not None}
     index = _lowest_free_index(taken, limits)
@@ -51,7 +63,8 @@ def provision_eni(
         )
     with contextlib.ExitStack() as undo:
         eni = cloud.create_eni(
-            subnet_id, security_groups, secondary_ips, cluster=cluster, node=node
+            subnet_id, security_groups, secondary_ips, cluster=cluster, node=node,
+            prefix_count=prefix_count,
         )
         undo.callback(_discard_eni, cloud, eni.id)
         while True:
@@ -81,8 +94,9 @@ def provision_eni(
                     ) from None
         attached = cloud.describe_eni(eni.id)
         undo.pop_all()
-    logger.info("provisioned ENI %s on %s at device index %d with %d secondary IPs",
-                eni.id, instance.id, index, len(attached.secondary_ips))
+    logger.info("provisioned ENI %s on %s at device index %d with %d secondary IPs and %d "
+                "prefixes", eni.id, instance.id, index, len(attached.secondary_ips),
+                len(attached.prefixes))
     return attached
 
 

@@ -11,6 +11,8 @@ EniId = NewType("EniId", str)
 SubnetId = NewType("SubnetId", str)
 RouteTableId = NewType("RouteTableId", str)
 
+PREFIX_LEN = 28  # EC2 delegates IPv4 prefixes as /28: 16 addresses in one address slot
+
 TAG_CLUSTER = "underlay.io/cluster"
 TAG_NODE = "underlay.io/node"
 TAG_CREATED_AT = "underlay.io/created-at"
@@ -83,6 +85,13 @@ class Eni:
     attachment_id: str | None = None
     source_dest_check: bool = True
     tags: tuple[tuple[str, str], ...] = ()
+    prefixes: tuple[str, ...] = ()  # delegated IPv4 /28 prefixes, each in one address slot
+
+    @property
+    def address_slots(self) -> int:
+        """Slots of the type's "IPv4 addresses per interface" in use: the primary address,
+        each secondary address and each prefix."""
+        return 1 + len(self.secondary_ips) + len(self.prefixes)
 
     def tag(self, key: str) -> str | None:
         return dict(self.tags).get(key)

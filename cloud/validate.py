@@ -7,6 +7,7 @@ import ipaddress
 import logging
 
 from cloud.errors import InvalidRequest
+from cloud.types import PREFIX_LEN
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +63,13 @@ def require_count(value: object, minimum: int, what: str, action: str) -> int:
             f"{action}: {what} must be an integer >= {minimum}, got {value!r}", action=action
         )
     return value
+
+
+def require_prefix(value: object, action: str) -> str:
+    """The canonical form of an IPv4 /28 prefix aligned on 16 (as EC2 delegates them)."""
+    network = require_cidr(value, action)
+    if not network.endswith(f"/{PREFIX_LEN}"):
+        raise InvalidRequest(
+            f"{action}: {value!r} is not an IPv4 /{PREFIX_LEN} prefix", action=action
+        )
+    return network

@@ -3,7 +3,8 @@ cloud's state, so packets between nodes really cross a "VPC router".
 
     <prefix>-vpc          the VPC router: one veth per attached ENI, the subnet gateway
                           address on each, a /32 route and a permanent neighbour entry per
-                          private IP, route-table entries, source/destination check
+                          private IP, a /28 route per delegated prefix, route-table
+                          entries, source/destination check
     <prefix>-<instance>   one namespace per instance; each attached ENI is a veth end
                           named eth<device index> carrying the ENI's MAC. The primary ENI
                           comes configured (primary IP, default via the gateway), as DHCP

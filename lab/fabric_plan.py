@@ -4,8 +4,10 @@ kernel and no cloud.
 ``read_view`` turns the control plane's snapshot into a ``CloudView``; ``plan_fabric``
 turns a view into a ``FabricPlan``: one link per attached ENI (veth, router side named from
 a hash of the ENI id, node side ``eth<device index>`` with the ENI's MAC), the router's
-``/32`` routes and permanent neighbour entries for every private IP, the route-table
-entries, and the iptables ruleset that enforces source/destination check.
+``/32`` routes and permanent neighbour entries for every private IP, a ``/28`` route for
+every delegated prefix (via the ENI's primary address, so frames go to the ENI's MAC as
+EC2 delivers them), the route-table entries, and the iptables ruleset that enforces
+source/destination check for every address, those inside prefixes included.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class EniView:
     subnet_cidr: str
     ips: tuple[str, ...]  # primary first
     source_dest_check: bool
+    prefixes: tuple[str, ...] = ()  # delegated /28 prefixes
 
     @property
     def primary_ip(self) -> str:
@@ -175,6 +178,8 @@ def read_view(snapshot: Mapping[str, Any], vpc_id: str | None = None) -> CloudVi
             id=str(_field(raw, "id", "eni_id")), mac=str(_field(raw, "mac")).lower(),
             instance_id=str(instance), device_index=int(index), subnet_cidr=str(cidr),
             ips=ips, source_dest_check=bool(_field(raw, "source_dest_check", default=True)),
+            prefixes=tuple(str(ipaddress.ip_network(p)) for p in
+                           _field(raw, "prefixes", "ipv4_prefixes", default=())),
         ))
     routes: list[RouteView] = []
     for table in _items(snapshot.get("route_tables", ())):
@@ -213,14 +218,17 @@ def plan_fabric(view: CloudView) -> FabricPlan:
         net = ipaddress.ip_network(eni.subnet_cidr)
         link = EniLink(eni, name_router_link(eni.id), str(net.network_address + 1), net.prefixlen)
         links.append(link)
-        for ip in eni.ips:
-            if ip in owner:
-                logger.error("IP %s is held by both %s and %s; routing it to the first",
-                             ip, owner[ip], eni.id)
+        # each address a /32 with its neighbour entry; each prefix via the primary address
+        held = [(f"{ip}/32", None) for ip in eni.ips] + [(p, eni.primary_ip) for p in eni.prefixes]
+        for dst, via in held:
+            if dst in owner:
+                logger.error("%s is held by both %s and %s; routing it to the first",
+                             dst, owner[dst], eni.id)
                 continue
-            owner[ip] = eni.id
-            routes.add(RouterRoute(f"{ip}/32", link.router_ifname))
-            neighbours.add(Neighbour(ip, link.router_ifname, eni.mac))
+            owner[dst] = eni.id
+            routes.add(RouterRoute(dst, link.router_ifname, via))
+            if via is None:
+                neighbours.add(Neighbour(dst[:-3], link.router_ifname, eni.mac))
     by_eni = {link.eni.id: link for link in links}
     seen: dict[str, RouteView] = {}
     for route in view.routes:
@@ -232,9 +240,9 @@ def plan_fabric(view: CloudView) -> FabricPlan:
             logger.warning("route %s in %s shadowed by the one in %s", cidr, route.table_id,
                            seen[cidr].table_id)
             continue
-        if cidr.endswith("/32") and cidr[:-3] in owner:
-            logger.warning("route %s in %s ignored: the address is an ENI's own", cidr,
-                           route.table_id)
+        if cidr in owner:
+            logger.warning("route %s in %s ignored: the address or prefix is an ENI's own",
+                           cidr, route.table_id)
             continue
         seen[cidr] = route
         routes.add(RouterRoute(cidr, by_eni[target.id].router_ifname, target.primary_ip))
@@ -247,7 +255,8 @@ def plan_fabric(view: CloudView) -> FabricPlan:
 def render_filter(links: Iterable[EniLink]) -> str:
     """An ``iptables-restore`` document for the router's filter table. For each ENI whose
     source/destination check is on: packets entering from its link must come from one of
-    its IPs, packets leaving to it must be addressed to one of them; all else is dropped.
+    its IPs or inside one of its prefixes, packets leaving to it must be addressed to one
+    of them; all else is dropped.
     Loaded whole, so every change is atomic."""
     lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
     body: list[str] = []
@@ -260,5 +269,7 @@ def render_filter(links: Iterable[EniLink]) -> str:
                  f"-A FORWARD -o {link.router_ifname} -j {dst}"]
         for ip in link.eni.ips:
             body += [f"-A {src} -s {ip}/32 -j RETURN", f"-A {dst} -d {ip}/32 -j RETURN"]
+        for prefix in link.eni.prefixes:
+            body += [f"-A {src} -s {prefix} -j RETURN", f"-A {dst} -d {prefix} -j RETURN"]
         body += [f"-A {src} -j DROP", f"-A {dst} -j DROP"]
     return "\n".join(lines + body + ["COMMIT", ""])

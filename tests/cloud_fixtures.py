@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import functools
 import itertools
+import secrets
 from collections.abc import Iterator
 
 import boto3
 import pytest
 
 from cloud.ec2 import Ec2Cloud
+from cloud.types import TAG_CLUSTER
 from lab.ec2.server import EmulatedCloud
 from lab.ec2.settings import EmulatorSettings
 from lab.ec2.world import World, build_world, make_setup_client
 
 # the fixtures, for `from cloud_fixtures import *` in the test modules
 FIXTURES = ["emulator", "control", "calls", "cloud", "world", "free_nodes", "node",
-            "setup_client", "subnet_blocks", "add_subnet"]
+            "setup_client", "subnet_blocks", "add_subnet", "cluster"]
 __all__ = FIXTURES
 
 TIMEOUT_FAULT_SECONDS = 1.5
@@ -146,6 +148,19 @@ def add_subnet(world: World, setup_client, subnet_blocks):
         return made["Subnet"]["SubnetId"]
 
     return add
+
+
+@pytest.fixture
+def cluster() -> str:
+    """A cluster name of the test's own, so its tagged ENIs are told from the others'."""
+    return f"c-{secrets.token_hex(3)}"
+
+
+def enis_of(setup_client, cluster: str) -> list[dict]:
+    """Every ENI tagged with the cluster, whatever its state (uncounted set-up call)."""
+    found = setup_client.describe_network_interfaces(
+        Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]}])
+    return found["NetworkInterfaces"]
 
 
 def refused(control, action: str, code: str) -> int:

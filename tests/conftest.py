@@ -47,3 +47,22 @@ def root_namespace_untouched():
         after.pop("netns")
     added = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
     assert not added, f"the suite left things in the root network namespace: {added}"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--emulator-rules-off", default="", metavar="RULES",
+        help="comma-separated strict rules of the emulated EC2 (lab.ec2.settings."
+             "SWITCHABLE_RULES) that the prefix tests' emulator does not enforce, or 'all': "
+             "to show that those tests fail without the rules they check")
+
+
+@pytest.fixture(scope="session")
+def emulator_rules_off(pytestconfig) -> frozenset[str]:
+    """The --emulator-rules-off option as rule names (validated by EmulatorSettings)."""
+    from lab.ec2.settings import SWITCHABLE_RULES
+
+    raw = pytestconfig.getoption("--emulator-rules-off")
+    if raw.strip() == "all":
+        return frozenset(SWITCHABLE_RULES)
+    return frozenset(name.strip() for name in raw.split(",") if name.strip())

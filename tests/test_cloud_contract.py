@@ -19,7 +19,8 @@ def test_the_protocol_has_the_calls_of_the_issue():
     assert PROTOCOL_METHODS == sorted([
         "describe_instance", "instance_limits", "describe_subnets", "list_enis",
         "describe_eni", "create_eni", "attach_eni", "detach_eni", "delete_eni",
-        "assign_ips", "unassign_ips", "list_leaked_enis", "set_source_dest_check",
+        "assign_ips", "unassign_ips", "assign_prefixes", "unassign_prefixes",
+        "list_leaked_enis", "set_source_dest_check",
         "describe_route_tables", "create_route", "replace_route", "delete_route",
     ])
 

@@ -48,6 +48,7 @@ def ec2_client_error(action: str, code: str, message: str, status: int = 400) ->
         ("PrivateIpAddressLimitExceeded", 400, errors.IpLimitReached),
         ("AttachmentLimitExceeded", 400, errors.EniLimitReached),
         ("InsufficientFreeAddressesInSubnet", 400, errors.SubnetExhausted),
+        ("InsufficientCidrBlocks", 400, errors.SubnetFragmented),
         ("InvalidNetworkInterfaceID.NotFound", 400, errors.NotFound),
         ("InvalidAttachmentID.NotFound", 400, errors.NotFound),
         ("InvalidRoute.NotFound", 400, errors.NotFound),
@@ -72,6 +73,32 @@ def test_ec2_error_codes_map_to_the_tree(code, status, expected):
     assert "AssignPrivateIpAddresses" in str(error) and "the cause" in str(error)
     assert error.retryable is issubclass(expected, errors.RetryableCloudError)
     assert outcome_of(error) == code
+
+
+def test_insufficient_cidr_blocks_is_subnet_fragmented_naming_the_subnet():
+    """EC2's message names no subnet; the adapter's lookup, asked only for this code, does."""
+    refused = ec2_client_error(
+        "AssignPrivateIpAddresses", "InsufficientCidrBlocks",
+        "The specified subnet does not have enough free cidr blocks to satisfy the request.")
+    asked = []
+
+    def subnet_of() -> str:
+        asked.append(1)
+        return "subnet-0abc"
+
+    error = translate_error(refused, "AssignPrivateIpAddresses", subnet=subnet_of)
+    assert isinstance(error, errors.SubnetFragmented) and isinstance(error, errors.SubnetExhausted)
+    assert error.cni_code == 108 and not error.retryable and asked == [1]
+    assert "subnet subnet-0abc has no free aligned /28 block" in str(error)
+    assert "InsufficientCidrBlocks" in str(error)
+    named = translate_error(refused, "CreateNetworkInterface", subnet="subnet-0def")
+    assert "subnet subnet-0def" in str(named)
+    unnamed = translate_error(refused, "AssignPrivateIpAddresses", subnet=lambda: None)
+    assert "the subnet has no free aligned /28 block" in str(unnamed)
+    exhausted = translate_error(
+        ec2_client_error("AssignPrivateIpAddresses", "InsufficientFreeAddressesInSubnet", "x"),
+        "AssignPrivateIpAddresses", subnet=subnet_of)
+    assert type(exhausted) is errors.SubnetExhausted and asked == [1]  # no lookup for it
 
 
 def test_unauthorized_operation_names_the_refused_action():

@@ -3,30 +3,16 @@ free index, move on when another attach takes it, and never leave an orphan ENI 
 when attaching fails."""
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
 from cloud import errors
 from cloud.provision import provision_eni, release_eni
 from cloud.types import TAG_CLUSTER, InstanceLimits
-from cloud_fixtures import call_count, make_cloud
+from cloud_fixtures import call_count, enis_of, make_cloud
 from cloud_fixtures import *  # noqa: F401,F403 - the fixtures
 
 pytestmark = pytest.mark.timeout(120)
 NODES_PER_WORLD = 8
-
-
-@pytest.fixture
-def cluster() -> str:
-    return f"prov-{secrets.token_hex(3)}"
-
-
-def enis_of(setup_client, cluster: str) -> list[dict]:
-    """Every ENI tagged with the cluster, whatever its state (uncounted set-up call)."""
-    found = setup_client.describe_network_interfaces(
-        Filters=[{"Name": f"tag:{TAG_CLUSTER}", "Values": [cluster]}])
-    return found["NetworkInterfaces"]
 
 
 def provision(cloud, node, cluster, secondary_ips=2, limits=None):

@@ -245,10 +245,11 @@ def test_one_image_for_install_and_uninstall_tagged_with_the_version():
 
 
 def _adapter_actions() -> set[str]:
-    """Every EC2 action name cloud/ec2.py passes to its call helpers."""
-    tree = ast.parse((REPO / "cloud" / "ec2.py").read_text())
+    """Every EC2 action name the adapter (cloud/ec2.py and the cloud/ec2_*.py modules it is
+    made of) passes to its call helpers."""
+    trees = [ast.parse(path.read_text()) for path in sorted((REPO / "cloud").glob("ec2*.py"))]
     actions = set()
-    for node in ast.walk(tree):
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                 and node.func.attr in ("_call", "_paginate", "_route") and node.args:
             first = node.args[0]

@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from lab.ec2 import ControlError, EmulatedCloud, EmulatorControl, build_world
+from lab.ec2 import ControlError, EmulatedCloud, EmulatorControl, EmulatorSettings, build_world
 
 PYTHON = sys.executable
 
@@ -169,7 +169,23 @@ def test_bad_control_input_is_refused_by_name_and_changes_nothing(emulator, cont
         control.set_attach_latency(-1)
     with pytest.raises(ControlError, match="limit"):
         control.set_route_table_limit(0)
+    control.set_rules_off(["prefix-nitro"])
+    try:
+        with pytest.raises(ControlError, match="unknown rule 'prefix-slot'.*prefix-slots"):
+            control.set_rules_off(["prefix-nitro", "prefix-slot"])
+        with pytest.raises(ControlError, match="must be a list of rule names"):
+            control._call("PUT", "rules", {"off": "prefix-slots"})
+        assert control.rules_off() == ["prefix-nitro"]
+    finally:
+        control.set_rules_off([])
+    assert control.rules_off() == []
     assert [f["kind"] for f in emulator.knobs.faults.describe()] == ["throttle"]
+
+
+def test_settings_refuse_an_unknown_rule_to_switch_off():
+    with pytest.raises(ValueError, match="unknown rule 'prefix'"):
+        EmulatorSettings(rules_off=frozenset({"prefix"}))
+    assert EmulatorSettings(rules_off=frozenset({"prefix-slots"})).rules_off == {"prefix-slots"}
 
 
 def test_attach_waits_the_latency_before_the_eni_is_attached(emulator, control, world):

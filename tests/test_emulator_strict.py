@@ -259,16 +259,6 @@ def test_attachment_device_index_filter_is_answered(emulator, ec2):
     assert ids(("private-ip-address", secondary)) == {eni_id}
 
 
-def test_prefix_delegation_is_refused_not_ignored(emulator, ec2):
-    world = world_of(emulator)
-    error = refused("InvalidParameterValue", ec2.assign_private_ip_addresses,
-                    NetworkInterfaceId=world.instances[0].primary_eni_id, Ipv4PrefixCount=1)
-    assert "prefix delegation is not supported" in str(error)
-    refused("InvalidParameterValue", ec2.create_network_interface,
-            SubnetId=world.subnet_ids[0], Ipv4PrefixCount=1)
-    assert addresses_of(ec2, world.instances[0].primary_eni_id) == [world.instances[0].primary_ip]
-
-
 def test_routes_refuse_duplicates_and_the_table_limit(emulator, ec2):
     world = world_of(emulator, nodes=1)
     table = world.route_table_ids[0]

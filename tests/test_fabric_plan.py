@@ -151,3 +151,45 @@ def test_bad_snapshots_are_named():
         read_view(no_ips)
     with pytest.raises(SnapshotError, match="none of the fields"):
         read_view({"subnets": []})
+
+
+def with_prefixes() -> dict:
+    snapshot = copy.deepcopy(SNAPSHOT)
+    snapshot["enis"][0]["prefixes"] = ["10.0.0.48/28", "10.0.0.64/28"]  # eni-1, check on
+    snapshot["enis"][1]["prefixes"] = ["10.0.0.80/28"]  # eni-1b, check off
+    return snapshot
+
+
+def test_a_prefix_is_one_route_to_its_eni_via_the_enis_primary_address():
+    plan = plan_fabric(read_view(with_prefixes(), VPC))
+    dev1, dev1b = name_router_link("eni-1"), name_router_link("eni-1b")
+    assert {r for r in plan.routes if not r.dst.endswith("/32") and r.dst.startswith("10.0.0.")} \
+        == {RouterRoute("10.0.0.48/28", dev1, "10.0.0.4"),
+            RouterRoute("10.0.0.64/28", dev1, "10.0.0.4"),
+            RouterRoute("10.0.0.80/28", dev1b, "10.0.0.20")}
+    # no neighbour entry per address inside a prefix: the via address's entry carries it
+    assert len(plan.neighbours) == 6
+    assert read_view(SNAPSHOT, VPC).enis[0].prefixes == ()  # a snapshot without prefixes
+
+
+def test_source_dest_check_covers_every_address_inside_a_prefix():
+    plan = plan_fabric(read_view(with_prefixes(), VPC))
+    dev1, dev1b = name_router_link("eni-1"), name_router_link("eni-1b")
+    rules = plan.filter_rules.splitlines()
+    for prefix in ("10.0.0.48/28", "10.0.0.64/28"):
+        assert f"-A S{dev1} -s {prefix} -j RETURN" in rules
+        assert f"-A D{dev1} -d {prefix} -j RETURN" in rules
+        assert rules.index(f"-A S{dev1} -j DROP") > rules.index(f"-A S{dev1} -s {prefix} -j RETURN")
+    assert not [r for r in rules if dev1b in r]  # check off: its prefix is not filtered either
+    assert not [r for r in rules if "10.0.0.80/28" in r]
+
+
+def test_a_prefix_held_twice_is_routed_once_and_a_route_cannot_steal_it():
+    twice = with_prefixes()
+    twice["enis"][2]["prefixes"] = ["10.0.0.48/28"]  # eni-2 claims eni-1's prefix
+    twice["route_tables"][0]["routes"].append(
+        {"destination": "10.0.0.64/28", "eni_id": "eni-2", "instance_id": None})
+    plan = plan_fabric(read_view(twice, VPC))
+    by_dst = {r.dst: r for r in plan.routes}
+    assert [r.dst for r in plan.routes].count("10.0.0.48/28") == 1
+    assert by_dst["10.0.0.48/28"].dev == by_dst["10.0.0.64/28"].dev == name_router_link("eni-1")

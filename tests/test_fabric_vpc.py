@@ -2,6 +2,7 @@
 namespaces, real links, real packets. No agent involved."""
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 import time
@@ -109,9 +110,11 @@ def restore_world(world: World, ec2: Any) -> None:
             ec2.delete_network_interface(NetworkInterfaceId=eni_id)
             continue
         secondary = [a["PrivateIpAddress"] for a in eni["PrivateIpAddresses"] if not a["Primary"]]
-        if secondary:
+        prefixes = [p["Ipv4Prefix"] for p in eni.get("Ipv4Prefixes", [])]
+        if secondary or prefixes:
             ec2.unassign_private_ip_addresses(NetworkInterfaceId=eni_id,
-                                              PrivateIpAddresses=secondary)
+                                              PrivateIpAddresses=secondary,
+                                              Ipv4Prefixes=prefixes)
         ec2.modify_network_interface_attribute(NetworkInterfaceId=eni_id,
                                                SourceDestCheck={"Value": True})
     for table in world.route_table_ids:
@@ -238,3 +241,53 @@ def test_route_table_entry_routes_a_cidr_to_its_eni(vpc: Vpc) -> None:
     vpc.ec2.delete_route(RouteTableId=table, DestinationCidrBlock=pod_cidr)
     assert wait_for(lambda: not router_has_route(vpc, pod_cidr), FOLLOW_DEADLINE)
     assert not ping(ns_b, pod_ip)
+
+
+def test_a_prefix_is_routed_whole_to_its_eni_and_every_address_in_it_is_checked(
+        vpc: Vpc) -> None:
+    """Each node gets a /28 prefix; addresses inside it, configured by hand as the agent
+    would for pods, reach the other node's prefix both ways. An address inside B's prefix
+    used by A is dropped by the router (B never sees it) until A's check is off."""
+    a, b = vpc.world.instances
+    ns_a, ns_b = vpc.node_ns(0), vpc.node_ns(1)
+    nets = {}
+    for node in (a, b):
+        answer = vpc.ec2.assign_private_ip_addresses(NetworkInterfaceId=node.primary_eni_id,
+                                                     Ipv4PrefixCount=1)
+        nets[node.instance_id] = ipaddress.ip_network(
+            answer["AssignedIpv4Prefixes"][0]["Ipv4Prefix"])
+    net_a, net_b = nets[a.instance_id], nets[b.instance_id]
+    first_a, last_a, first_b, last_b = (str(x) for x in (net_a[0], net_a[-1],
+                                                         net_b[0], net_b[-1]))
+    for ns, addresses in ((ns_a, (first_a, last_a)), (ns_b, (first_b, last_b))):
+        for address in addresses:
+            run_in(ns, "ip", "addr", "add", f"{address}/32", "dev", "eth0")
+    assert wait_for(lambda: router_has_route(vpc, str(net_a)) and
+                    router_has_route(vpc, str(net_b)), FOLLOW_DEADLINE)
+    for source, target in ((first_a, first_b), (last_a, last_b), (first_a, last_b)):
+        assert reachable(ns_a, target, source=source), (source, target)
+    assert reachable(ns_b, last_a, source=first_b)
+    assert reachable(ns_b, first_a)  # from B's primary address
+
+    forged = str(net_b[9])  # inside B's prefix, used on A
+    run_in(ns_a, "ip", "addr", "add", f"{forged}/32", "dev", "eth0")
+    run_in(ns_b, "iptables", "-A", "INPUT", "-s", f"{forged}/32", "-p", "icmp")
+    run_in(ns_b, "iptables", "-A", "INPUT", "-s", f"{first_a}/32", "-p", "icmp")
+    assert reachable(ns_a, b.primary_ip, source=first_a)
+    assert count_icmp_from(ns_b, first_a) >= 1
+    assert not ping(ns_a, b.primary_ip, source=forged)
+    assert count_icmp_from(ns_b, forged) == 0
+
+    vpc.ec2.modify_network_interface_attribute(NetworkInterfaceId=a.primary_eni_id,
+                                               SourceDestCheck={"Value": False})
+
+    def forged_arrives() -> bool:
+        ping(ns_a, b.primary_ip, source=forged)  # no reply: B answers its own prefix
+        return count_icmp_from(ns_b, forged) >= 1
+
+    assert wait_for(forged_arrives, 5.0)
+
+    vpc.ec2.unassign_private_ip_addresses(NetworkInterfaceId=b.primary_eni_id,
+                                          Ipv4Prefixes=[str(net_b)])
+    assert wait_for(lambda: not router_has_route(vpc, str(net_b)), FOLLOW_DEADLINE)
+    assert not ping(ns_a, first_b, source=first_a)

@@ -10,6 +10,9 @@ and ``EmulatorControl``, its client, so a test can drive an emulator in another 
     DELETE /_emulator/counts
     PUT    /_emulator/route-table-limit   {"limit": n}
     GET    /_emulator/snapshot            see snapshot.py
+    GET    /_emulator/rules               {"off": [..], "switchable": {name: what it enforces}}
+    PUT    /_emulator/rules               {"off": [names]}: those rules are not enforced
+                                          (to show a test fails without them); [] restores
 
 Bad input answers 400 with {"error": "..."} naming the problem and changes nothing.
 """
@@ -21,6 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
+from lab.ec2.settings import SWITCHABLE_RULES, validate_rule_names
 from lab.ec2.wire import respond
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,13 @@ class ControlApp:
             return {"limit": limit}
         if (method, name) == ("GET", "snapshot"):
             return self._take_snapshot()
+        if (method, name) == ("GET", "rules"):
+            return {"off": sorted(knobs.rules_off), "switchable": dict(SWITCHABLE_RULES)}
+        if (method, name) == ("PUT", "rules"):
+            knobs.rules_off = validate_rule_names(payload.get("off"))
+            if knobs.rules_off:
+                logger.warning("strict rules switched off: %s", ", ".join(sorted(knobs.rules_off)))
+            return {"off": sorted(knobs.rules_off)}
         raise LookupError(name)
 
 
@@ -174,3 +185,10 @@ class EmulatorControl:
 
     def snapshot(self) -> dict:
         return self._call("GET", "snapshot")
+
+    def rules_off(self) -> list[str]:
+        return self._call("GET", "rules")["off"]
+
+    def set_rules_off(self, names: list[str]) -> None:
+        """Stop enforcing these strict rules (settings.SWITCHABLE_RULES); [] restores all."""
+        self._call("PUT", "rules", {"off": list(names)})

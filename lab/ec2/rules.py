@@ -2,12 +2,15 @@
 passed on. Each ``check_*`` either refuses (raises Refusal, nothing changes) or returns a
 Verdict: the request to hand moto instead (addresses chosen here), a step to run just
 before moto (under the same lock), and a rewrite of moto's successful answer.
+What an ENI holds (addresses and prefixes) is address_rules.py's; this module dispatches
+and holds the rules of attachments, instances' ENIs, subnets and route tables.
 
 Choices where EC2's exact behaviour is not documented:
-- an ENI holding more IPv4 addresses than the instance type allows per ENI cannot be
-  attached: AttachmentLimitExceeded (naming the address count and the type's limit);
-- unattached ENIs are limited only by their subnet's free addresses;
-- prefix delegation (Ipv4Prefix*) is refused with InvalidParameterValue;
+- an ENI using more address slots (addresses and prefixes) than the instance type allows
+  per ENI cannot be attached: AttachmentLimitExceeded (naming the counts and the limit);
+  an ENI holding prefixes cannot be attached to a type that is not Nitro;
+- a subnet's AvailableIpAddressCount is its usable addresses held neither as an address nor
+  inside a prefix (CIDR reservations do not lower it: their addresses are still free);
 - RunInstances into a subnet launches one instance per call (MaxCount 1) and takes
   SubnetId/PrivateIpAddress, not NetworkInterface specifications.
 """
@@ -15,32 +18,29 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from lab.ec2.addresses import AddressAllocator, allocate_free, check_requested, used_addresses
+from lab.ec2.address_rules import (
+    check_assign_private_ip_addresses,
+    check_create_network_interface,
+    check_run_instances,
+    check_unassign_private_ip_addresses,
+)
+from lab.ec2.addresses import AddressAllocator
 from lab.ec2.describe import check_describe_network_interfaces
 from lab.ec2.limits import limits_for
-from lab.ec2.snapshot import eni_addresses, iterate_instances, iterate_subnets
-from lab.ec2.wire import ApiRequest, Refusal, result_xml
+from lab.ec2.lookups import RuleContext, Verdict, find_eni, find_instance, find_subnet, require
+from lab.ec2.prefix_rules import (
+    attach_slot_refusal,
+    check_nitro,
+    rewrite_free_counts,
+)
+from lab.ec2.snapshot import eni_prefixes, iterate_subnets
+from lab.ec2.wire import ApiRequest, Refusal
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AddressAllocator", "RuleContext", "Verdict", "check_request"]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    params: list[tuple[str, str]] | None = None  # the request moto gets instead
-    before: Callable[[], None] | None = None  # runs under the lock just before moto
-    after: Callable[[bytes], bytes] | None = None  # rewrites moto's successful answer
-
-
-@dataclass(frozen=True)
-class RuleContext:
-    backend: Any
-    allocator: AddressAllocator
-    route_table_limit: int
 
 
 def check_request(request: ApiRequest, context: RuleContext) -> Verdict:
@@ -48,161 +48,7 @@ def check_request(request: ApiRequest, context: RuleContext) -> Verdict:
     return handler(request, context) if handler else Verdict()
 
 
-# --- lookups that answer EC2's NotFound errors -------------------------------------------
-
-def require(request: ApiRequest, name: str) -> str:
-    value = request.get(name)
-    if not value:
-        raise Refusal("MissingParameter", f"The request must contain the parameter {name}")
-    return value
-
-
-def find_eni(context: RuleContext, eni_id: str) -> Any:
-    eni = context.backend.enis.get(eni_id)
-    if eni is None:
-        raise Refusal("InvalidNetworkInterfaceID.NotFound",
-                      f"The networkInterface ID '{eni_id}' does not exist")
-    return eni
-
-
-def find_instance(context: RuleContext, instance_id: str) -> Any:
-    for instance in iterate_instances(context.backend):
-        if instance.id == instance_id:
-            return instance
-    raise Refusal("InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist")
-
-
-def find_subnet(context: RuleContext, subnet_id: str) -> Any:
-    for subnet in iterate_subnets(context.backend):
-        if subnet.id == subnet_id:
-            return subnet
-    raise Refusal("InvalidSubnetID.NotFound", f"The subnet ID '{subnet_id}' does not exist")
-
-
-def parse_count(request: ApiRequest, name: str) -> int:
-    raw = request.get(name)
-    if raw is None:
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Refusal("InvalidParameterValue", f"{name} must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise Refusal("InvalidParameterValue", f"{name} must be >= 0, got {value}")
-    return value
-
-
-def reject_prefixes(request: ApiRequest) -> None:
-    if any(key.startswith("Ipv4Prefix") for key, _ in request.params):
-        raise Refusal("InvalidParameterValue", "prefix delegation is not supported by the emulator")
-
-
 # --- ENIs and their addresses --------------------------------------------------------------
-
-def check_create_network_interface(request: ApiRequest, context: RuleContext) -> Verdict:
-    subnet = find_subnet(context, require(request, "SubnetId"))
-    reject_prefixes(request)
-    listed = request.members("PrivateIpAddresses")
-    flagged = [m.get("PrivateIpAddress") for m in listed if m.get("Primary") == "true"]
-    if len(flagged) > 1:
-        raise Refusal("InvalidParameterValue", "Only one primary private IP address is allowed")
-    primary = request.get("PrivateIpAddress") or (flagged[0] if flagged else None)
-    explicit = [primary] if primary else []
-    explicit += [m["PrivateIpAddress"] for m in listed
-                 if m.get("PrivateIpAddress") and m["PrivateIpAddress"] != primary]
-    count = parse_count(request, "SecondaryPrivateIpAddressCount")
-    used = used_addresses(context.backend, subnet.id)
-    check_requested(subnet.cidr_block, subnet.id, explicit, used)
-    new = allocate_free(context.allocator, subnet, count + (0 if primary else 1),
-                        used | set(explicit))
-    if not primary:
-        primary = new.pop(0)
-    secondaries = [a for a in explicit if a != primary] + new
-    params = request.without("PrivateIpAddress", "PrivateIpAddresses",
-                             "SecondaryPrivateIpAddressCount")
-    params.append(("PrivateIpAddress", primary))
-    for index, address in enumerate([primary] + secondaries, start=1):
-        params.append((f"PrivateIpAddresses.{index}.PrivateIpAddress", address))
-        params.append((f"PrivateIpAddresses.{index}.Primary", "true" if index == 1 else "false"))
-    return Verdict(params=params)
-
-
-def check_assign_private_ip_addresses(request: ApiRequest, context: RuleContext) -> Verdict:
-    eni = find_eni(context, require(request, "NetworkInterfaceId"))
-    reject_prefixes(request)
-    explicit = request.indexed("PrivateIpAddress")
-    count = parse_count(request, "SecondaryPrivateIpAddressCount")
-    if explicit and count:
-        raise Refusal("InvalidParameterCombination",
-                      "Specify either PrivateIpAddresses or SecondaryPrivateIpAddressCount, not both")
-    if not explicit and not count:
-        raise Refusal("MissingParameter",
-                      "Either PrivateIpAddresses or SecondaryPrivateIpAddressCount must be given")
-    wanted = len(explicit) or count
-    current = eni_addresses(eni)
-    if eni.instance is not None:
-        limits = limits_for(eni.instance.instance_type)
-        if len(current) + wanted > limits.ips_per_eni:
-            raise Refusal(
-                "PrivateIpAddressLimitExceeded",
-                f"Number of private addresses will exceed limit: {eni.id} holds {len(current)}, "
-                f"{wanted} requested, {limits.instance_type} allows {limits.ips_per_eni} per "
-                "interface (primary included).",
-            )
-    used = used_addresses(context.backend, eni.subnet.id)
-    movable = {}
-    if request.get("AllowReassignment") == "true":
-        movable = secondary_holders(context, eni, explicit)
-    check_requested(eni.subnet.cidr_block, eni.subnet.id, explicit, used - set(movable))
-    new = explicit or allocate_free(context.allocator, eni.subnet, count, used)
-    params = request.without("PrivateIpAddress", "SecondaryPrivateIpAddressCount",
-                             "AllowReassignment")
-    params += [(f"PrivateIpAddress.{i}", a) for i, a in enumerate(new, start=1)]
-
-    def move_reassigned() -> None:
-        for address, holder in movable.items():
-            holder.private_ip_addresses = [a for a in holder.private_ip_addresses
-                                           if a["PrivateIpAddress"] != address]
-
-    def answer_new_only(_: bytes) -> bytes:
-        items = "".join(f"<item><privateIpAddress>{a}</privateIpAddress></item>" for a in new)
-        return result_xml("AssignPrivateIpAddresses",
-                          f"<networkInterfaceId>{eni.id}</networkInterfaceId>"
-                          f"<assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet>")
-
-    return Verdict(params=params, before=move_reassigned if movable else None,
-                   after=answer_new_only)
-
-
-def secondary_holders(context: RuleContext, eni: Any, addresses: list[str]) -> dict[str, Any]:
-    """Other ENIs in the subnet holding one of ``addresses`` as a secondary address."""
-    holders = {}
-    for other in context.backend.enis.values():
-        if other is eni or other.subnet.id != eni.subnet.id:
-            continue
-        for entry in other.private_ip_addresses:
-            if entry["PrivateIpAddress"] in addresses and not entry.get("Primary"):
-                holders[entry["PrivateIpAddress"]] = other
-    return holders
-
-
-def check_unassign_private_ip_addresses(request: ApiRequest, context: RuleContext) -> Verdict:
-    eni = find_eni(context, require(request, "NetworkInterfaceId"))
-    reject_prefixes(request)
-    addresses = request.indexed("PrivateIpAddress")
-    if not addresses:
-        raise Refusal("MissingParameter", "The request must contain the parameter PrivateIpAddress")
-    held = set(eni_addresses(eni))
-    for address in addresses:
-        if address == eni.private_ip_address:
-            raise Refusal("InvalidParameterValue",
-                          f"Cannot unassign the primary private IP address {address} of {eni.id}")
-        if address not in held:
-            raise Refusal("InvalidParameterValue",
-                          f"Some of the specified addresses are not assigned to interface "
-                          f"{eni.id}: {address}")
-    return Verdict()
-
 
 def check_attach_network_interface(request: ApiRequest, context: RuleContext) -> Verdict:
     eni = find_eni(context, require(request, "NetworkInterfaceId"))
@@ -233,11 +79,9 @@ def check_attach_network_interface(request: ApiRequest, context: RuleContext) ->
         raise Refusal("AttachmentLimitExceeded",
                       f"Interface count {len(instance.nics) + 1} exceeds the limit for "
                       f"{limits.instance_type} ({limits.max_enis})")
-    count = len(eni_addresses(eni))
-    if count > limits.ips_per_eni:
-        raise Refusal("AttachmentLimitExceeded",
-                      f"Interface {eni.id} holds {count} IPv4 addresses; "
-                      f"{limits.instance_type} allows {limits.ips_per_eni} per interface")
+    if eni_prefixes(eni) and context.enforces("prefix-nitro"):
+        check_nitro(limits.instance_type, f"AttachNetworkInterface of {eni.id} (it holds prefixes)")
+    attach_slot_refusal(eni, limits, context.enforces("prefix-slots"))
     return Verdict()
 
 
@@ -282,26 +126,19 @@ def check_modify_network_interface_attribute(request: ApiRequest,
     return Verdict(before=set_delete_on_termination)
 
 
-def check_run_instances(request: ApiRequest, context: RuleContext) -> Verdict:
-    limits_for(request.get("InstanceType") or "m1.small")
-    if request.has_prefix("NetworkInterface"):
-        raise Refusal("InvalidParameterValue", "the emulator's RunInstances takes SubnetId and "
-                      "PrivateIpAddress, not NetworkInterface specifications")
-    subnet_id = request.get("SubnetId")
-    if not subnet_id:
-        return Verdict()
-    subnet = find_subnet(context, subnet_id)
-    if parse_count(request, "MaxCount") != 1:
-        raise Refusal("InvalidParameterValue",
-                      "the emulator launches one instance per RunInstances call into a subnet "
-                      "(MaxCount must be 1)")
-    used = used_addresses(context.backend, subnet.id)
-    address = request.get("PrivateIpAddress")
-    if address:
-        check_requested(subnet.cidr_block, subnet.id, [address], used)
-    else:
-        address = allocate_free(context.allocator, subnet, 1, used)[0]
-    return Verdict(params=request.without("PrivateIpAddress") + [("PrivateIpAddress", address)])
+# --- subnets -------------------------------------------------------------------------------
+
+def check_describe_subnets(request: ApiRequest, context: RuleContext) -> Verdict:
+    subnets = {subnet.id: subnet for subnet in iterate_subnets(context.backend)}
+    counts_prefixes = context.enforces("prefix-blocks")
+    return Verdict(after=lambda body: rewrite_free_counts(body, context.backend, subnets,
+                                                          counts_prefixes))
+
+
+def check_create_subnet_cidr_reservation(request: ApiRequest, context: RuleContext) -> Verdict:
+    """moto keeps reservations (and checks type, range and overlap); the subnet must exist."""
+    find_subnet(context, require(request, "SubnetId"))
+    return Verdict()
 
 
 # --- route tables --------------------------------------------------------------------------
@@ -356,6 +193,8 @@ HANDLERS: dict[str, Callable[[ApiRequest, RuleContext], Verdict]] = {
     "DeleteNetworkInterface": check_delete_network_interface,
     "ModifyNetworkInterfaceAttribute": check_modify_network_interface_attribute,
     "RunInstances": check_run_instances,
+    "DescribeSubnets": check_describe_subnets,
+    "CreateSubnetCidrReservation": check_create_subnet_cidr_reservation,
     "CreateRoute": check_create_route,
     "ReplaceRoute": check_route_change,
     "DeleteRoute": check_route_change,

@@ -80,6 +80,7 @@ class EmulatedCloud:
             route_table_limit=settings.route_table_limit,
             timeout_fault_seconds=settings.timeout_fault_seconds,
             seed=settings.seed,
+            rules_off=settings.rules_off,
         )
         moto_app, self._handler = _create_backend_app()
         control_app = ControlApp(self.knobs, self._take_snapshot, region)

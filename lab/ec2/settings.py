@@ -54,6 +54,30 @@ DEFAULT_BUCKETS: Mapping[str, BucketSpec] = MappingProxyType({
 })
 
 
+# Rules of the strict layer that the control API can switch off, so a test can be shown to
+# fail without the rule it checks (every other rule is always on).
+SWITCHABLE_RULES: Mapping[str, str] = MappingProxyType({
+    "prefix-slots": "each IPv4 prefix takes one of the ENI's address slots (assign, attach)",
+    "prefix-blocks": "a prefix is a free aligned /28 (no assigned address, prefix or "
+                     "reserved address in it), else InsufficientCidrBlocks; single addresses "
+                     "and the subnet's free count leave assigned prefixes alone",
+    "prefix-nitro": "prefixes only on Nitro instance types",
+    "cidr-reservations": "a prefix reservation is for prefixes only; an explicit one is used "
+                         "by neither automatic assignment",
+})
+
+
+def validate_rule_names(names: object) -> frozenset[str]:
+    """The rule names as a set, or ValueError naming the unknown one."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple, set, frozenset)):
+        raise ValueError(f"rules must be a list of rule names, got {names!r}")
+    for name in names:
+        if name not in SWITCHABLE_RULES:
+            raise ValueError(f"unknown rule {name!r}; rules that can be switched off: "
+                             f"{sorted(SWITCHABLE_RULES)}")
+    return frozenset(names)
+
+
 def categorise_action(action: str, filtered: bool) -> str:
     """The token-bucket category an EC2 action draws from."""
     if action in ENI_MUTATING_ACTIONS:
@@ -76,6 +100,7 @@ class EmulatorSettings:
     buckets_enabled / buckets: EC2's request token buckets (see module docstring).
     seed: seeds fault injection and address choice, so a run can be repeated.
     timeout_fault_seconds: how long an injected "timeout" fault stalls before answering 500.
+    rules_off: names from SWITCHABLE_RULES not to enforce (only to show a test needs them).
     """
 
     attach_latency: float = 0.0
@@ -84,8 +109,10 @@ class EmulatorSettings:
     buckets: Mapping[str, BucketSpec] = field(default_factory=lambda: dict(DEFAULT_BUCKETS))
     seed: int = 0
     timeout_fault_seconds: float = 30.0
+    rules_off: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rules_off", validate_rule_names(self.rules_off))
         if self.attach_latency < 0:
             raise ValueError(f"attach_latency must be >= 0, got {self.attach_latency}")
         if self.route_table_limit < 1:

@@ -1,6 +1,6 @@
 """A JSON-ready picture of the emulated cloud's state, read from moto's backend: what the
-VPC fabric follows (which ENI holds which IP, where it is attached, route tables,
-source/destination check) and what invariant checks inspect."""
+VPC fabric follows (which ENI holds which IP and which /28 prefixes, where it is attached,
+route tables, source/destination check) and what invariant checks inspect."""
 from __future__ import annotations
 
 import logging
@@ -29,8 +29,10 @@ def iterate_instances(backend: Any) -> list[Any]:
 
 
 def describe_subnet(subnet: Any) -> dict[str, Any]:
+    reservations = [{"id": r.id, "cidr": str(r.cidr), "type": r.reservation_type}
+                    for r in getattr(subnet, "_cidr_reservations", ())]
     return {"id": subnet.id, "vpc_id": subnet.vpc_id, "cidr": subnet.cidr_block,
-            "availability_zone": subnet.availability_zone}
+            "availability_zone": subnet.availability_zone, "cidr_reservations": reservations}
 
 
 def describe_instance(instance: Any) -> dict[str, Any]:
@@ -52,6 +54,12 @@ def eni_addresses(eni: Any) -> list[str]:
     return primary + rest
 
 
+def eni_prefixes(eni: Any) -> list[str]:
+    """The ENI's IPv4 /28 prefixes, in the order assigned. The strict layer keeps them on
+    moto's ENI object (``ipv4_prefixes``), where moto's answers also find them."""
+    return [p["Ipv4Prefix"] for p in getattr(eni, "ipv4_prefixes", None) or ()]
+
+
 def describe_eni(eni: Any, tags: dict[str, str]) -> dict[str, Any]:
     return {
         "id": eni.id,
@@ -65,6 +73,7 @@ def describe_eni(eni: Any, tags: dict[str, str]) -> dict[str, Any]:
         "delete_on_termination": bool(eni.delete_on_termination),
         "primary_ip": eni.private_ip_address,
         "ips": eni_addresses(eni),
+        "prefixes": eni_prefixes(eni),
         "source_dest_check": bool(eni.source_dest_check),
         "security_groups": sorted(g.id for g in eni.group_set),
         "tags": dict(tags),

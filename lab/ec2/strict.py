@@ -10,7 +10,10 @@ Per EC2 call, in order:
      (what a client sees when EC2 acted but the reply was lost or timed out);
   4. AttachNetworkInterface: validate, then wait the attach latency (outside the lock);
   5. under one lock: check the rules against moto's state (rules.py), rewrite the request
-     where the layer decides for moto (addresses), pass it to moto, fix up the answer.
+     where the layer decides for moto (addresses), keep what moto cannot (IPv4 prefixes,
+     prefix_rules.py), pass the request to moto, fix up the answer.
+The rules named in settings.SWITCHABLE_RULES can be switched off (settings or control API)
+to show that a test fails without the rule it checks; every other rule is always on.
 Control calls under ``/_emulator/`` go to the control API instead.
 """
 from __future__ import annotations
@@ -36,7 +39,8 @@ class RuntimeKnobs:
 
     def __init__(self, *, buckets: TokenBuckets, faults: FaultInjector, counts: CallCounter,
                  attach_latency: float, route_table_limit: int,
-                 timeout_fault_seconds: float, seed: int) -> None:
+                 timeout_fault_seconds: float, seed: int,
+                 rules_off: frozenset[str] = frozenset()) -> None:
         self.buckets = buckets
         self.faults = faults
         self.counts = counts
@@ -44,6 +48,7 @@ class RuntimeKnobs:
         self.route_table_limit = route_table_limit
         self.timeout_fault_seconds = timeout_fault_seconds
         self.seed = seed
+        self.rules_off = rules_off  # replaced whole, never mutated: a call sees one set
 
 
 class StrictLayer:
@@ -135,7 +140,8 @@ class StrictLayer:
 
         backend = ec2_backends[self.account_id][region]
         context = rules.RuleContext(backend=backend, allocator=self._allocator,
-                                    route_table_limit=self.knobs.route_table_limit)
+                                    route_table_limit=self.knobs.route_table_limit,
+                                    rules_off=self.knobs.rules_off)
         return rules.check_request(request, context)
 
 

@@ -148,3 +148,17 @@ class Refusal(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+def parse_count(request: ApiRequest, name: str) -> int:
+    """An integer parameter >= 0 (0 when absent), or InvalidParameterValue naming it."""
+    raw = request.get(name)
+    if raw is None:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Refusal("InvalidParameterValue", f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise Refusal("InvalidParameterValue", f"{name} must be >= 0, got {value}")
+    return value
