@@ -21,7 +21,7 @@ from cni.datapath import EniLink
 from cni.datapath.base import Datapath
 
 from ipam_daemon.cloud_node import CloudNode
-from ipam_daemon.store import EniRecord, Store
+from ipam_daemon.store import EniRecord, EniView, Store
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class ReconcileReport:
     addresses: int
     adopted: tuple[str, ...] = ()
     lost: tuple[str, ...] = field(default=())
+    prefixes: int = 0
 
 
 class SubnetCache:
@@ -86,21 +87,22 @@ def reconcile_enis(cloud: Cloud, store: Store, node: CloudNode, subnets: SubnetC
     known = {e.id: e for e in store.enis()}
     attached = [e for e in cloud.list_enis(node.instance.id) if is_ours(e, node)]
     now = clock()
-    view = [(eni_record(e, node, subnets, known, now), e.secondary_ips) for e in attached]
+    view = [EniView(eni_record(e, node, subnets, known, now), e.secondary_ips, e.prefixes)
+            for e in attached]
     lost = store.apply_cloud_view(view)
     for allocation in lost:
         logger.error("LOST ADDRESS: the cloud no longer holds %s of pod %s/%s (container %s,"
                      " ENI %s); the allocation is kept, flagged lost, until it is released",
                      allocation.ip, allocation.pod.namespace, allocation.pod.name,
                      allocation.key.container_id, allocation.eni_id)
-    adopted = tuple(r.id for r, _ in view if r.id not in known)
-    for record, _ in view:
-        datapath.ensure_eni(eni_link(record, mtu))
-    hold_foreign_addresses(store, datapath, {ip for _, ips in view for ip in ips}, cooldown)
+    adopted = tuple(v.record.id for v in view if v.record.id not in known)
+    for v in view:
+        datapath.ensure_eni(eni_link(v.record, mtu))
+    hold_foreign_addresses(store, datapath, {ip for v in view for ip in v.ips}, cooldown)
     if adopted:
         logger.info("reconcile: adopted ENIs %s", ", ".join(adopted))
-    return ReconcileReport(len(view), sum(len(ips) for _, ips in view), adopted,
-                           tuple(a.ip for a in lost))
+    return ReconcileReport(len(view), sum(len(v.ips) for v in view), adopted,
+                           tuple(a.ip for a in lost), sum(len(v.prefixes) for v in view))
 
 
 def hold_foreign_addresses(store: Store, datapath: Datapath, ours: set[str],

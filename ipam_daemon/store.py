@@ -15,9 +15,17 @@ Address states::
     releasing  being given back to the cloud by the pool loop; never borrowable
 
 Cooling addresses whose time has passed are borrowable; the counts treat them as free.
+
+An address is either a secondary address of its ENI (``prefix`` empty) or one of the 16 of a
+delegated /28 prefix (``prefix`` names it): a prefix is stored as its 16 addresses, and goes
+back to the cloud whole, only when all 16 are free (``reserve_prefixes``). A store built with
+``prefer_prefixes`` (prefix delegation) hands out addresses of the busiest prefix first, so
+prefixes fill one by one and empty out again; without it, secondary addresses go first, so
+the prefixes of a node switched back from prefix delegation drain.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sqlite3
 import threading
@@ -78,6 +86,33 @@ class AddressRow:
     eni_id: str
     state: str
     cooldown_until: float
+    prefix: str = ""  # the delegated /28 it belongs to; "": a secondary address
+
+
+@dataclass(frozen=True)
+class PrefixUsage:
+    """One delegated prefix's counts at one instant (cooling past its time counts as free)."""
+
+    prefix: str
+    eni_id: str
+    free: int
+    assigned: int
+    cooling: int
+    releasing: int
+
+
+@dataclass(frozen=True)
+class EniView:
+    """What the cloud says one of our ENIs holds (reconcile)."""
+
+    record: EniRecord
+    ips: Sequence[str] = ()  # secondary addresses
+    prefixes: Sequence[str] = ()  # delegated /28 prefixes
+
+
+def prefix_addresses(prefix: str) -> list[str]:
+    """The 16 addresses of a delegated /28, all of them usable by pods."""
+    return [str(ip) for ip in ipaddress.IPv4Network(prefix)]
 
 
 @dataclass(frozen=True)
@@ -89,10 +124,19 @@ class EniUsage:
     assigned: int
     cooling: int
     releasing: int
+    singles: int = 0  # secondary addresses held (each takes an address slot of the ENI)
+    free_singles: int = 0  # ... of them free
+    prefixes: int = 0  # delegated /28 prefixes held (each takes one slot too)
+    free_prefixes: int = 0  # ... of them with all 16 addresses free: whole, giveable
 
     @property
     def total(self) -> int:
         return self.free + self.assigned + self.cooling + self.releasing
+
+    @property
+    def slots(self) -> int:
+        """The ENI's address slots in use, besides its own primary address."""
+        return self.singles + self.prefixes
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -121,7 +165,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE UNIQUE INDEX allocations_one_per_ip ON allocations(ip) WHERE lost = 0;
     """,
+    # 2: prefix delegation: an address may belong to a delegated /28 prefix
+    """
+    ALTER TABLE addresses ADD COLUMN prefix TEXT NOT NULL DEFAULT '';
+    CREATE INDEX addresses_by_prefix ON addresses(prefix) WHERE prefix != '';
+    """,
 )
+
+PREFIX_SIZE = 16  # addresses of a delegated /28
+
+# an address a borrow may take now (free, or cooled down by :now)
+_BORROWABLE = "(state = 'free' OR (state = 'cooling' AND cooldown_until <= :now))"
 
 
 class StoreError(Exception):
@@ -131,8 +185,10 @@ class StoreError(Exception):
 class Store:
     """Thread-safe: one connection guarded by a lock; every public call is a transaction."""
 
-    def __init__(self, path: str | Path, *, clock=time.time) -> None:
+    def __init__(self, path: str | Path, *, clock=time.time,
+                 prefer_prefixes: bool = False) -> None:
         self.path = str(path)
+        self.prefer_prefixes = prefer_prefixes
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._clock = clock
@@ -181,7 +237,9 @@ class Store:
 
     def borrow(self, key: AllocationKey, pod: PodInfo) -> Allocation | None:
         """The allocation for ``key``: the existing one (idempotent) or a new one on a free
-        address (lowest device index first, so higher ENIs drain). None when none is free."""
+        address (lowest device index first, so higher ENIs drain; then the mode's kind of
+        address; then the prefix with the fewest free addresses, so prefixes pack). None
+        when none is free."""
         now = self._clock()
         with self._tx() as db:
             existing = self._get_allocation(db, key)
@@ -189,10 +247,14 @@ class Store:
                 return existing
             row = db.execute(
                 "SELECT a.ip, a.eni_id FROM addresses a JOIN enis e ON e.id = a.eni_id"
+                " LEFT JOIN (SELECT prefix, COUNT(*) AS open FROM addresses"
+                f" WHERE prefix != '' AND {_BORROWABLE} GROUP BY prefix) p"
+                " ON p.prefix = a.prefix"
                 " WHERE e.deleting = 0 AND (a.state = 'free' OR"
-                " (a.state = 'cooling' AND a.cooldown_until <= ?))"
-                " ORDER BY e.device_index, a.state = 'cooling', a.ip LIMIT 1", (now,)
-            ).fetchone()
+                " (a.state = 'cooling' AND a.cooldown_until <= :now))"
+                " ORDER BY e.device_index, (a.prefix = '') = :prefixes, COALESCE(p.open, 0),"
+                " a.prefix, a.state = 'cooling', a.ip LIMIT 1",
+                {"now": now, "prefixes": int(self.prefer_prefixes)}).fetchone()
             if row is None:
                 return None
             ip, eni_id = row
@@ -260,8 +322,8 @@ class Store:
 
     def addresses(self) -> list[AddressRow]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT ip, eni_id, state, cooldown_until FROM addresses ORDER BY ip").fetchall()
+            rows = self._db.execute("SELECT ip, eni_id, state, cooldown_until, prefix"
+                                    " FROM addresses ORDER BY ip").fetchall()
         return [AddressRow(*r) for r in rows]
 
     def usage(self) -> list[EniUsage]:
@@ -270,22 +332,54 @@ class Store:
         with self._lock:
             rows = self._db.execute(
                 "SELECT eni_id,"
-                " SUM(state = 'free' OR (state = 'cooling' AND cooldown_until <= :now)),"
+                f" SUM({_BORROWABLE}),"
                 " SUM(state = 'assigned'),"
                 " SUM(state = 'cooling' AND cooldown_until > :now),"
-                " SUM(state = 'releasing') FROM addresses GROUP BY eni_id", {"now": now}
-            ).fetchall()
+                " SUM(state = 'releasing'),"
+                " SUM(prefix = ''),"
+                f" SUM(prefix = '' AND {_BORROWABLE}) FROM addresses GROUP BY eni_id",
+                {"now": now}).fetchall()
+            prefix_rows = self._db.execute(
+                f"SELECT eni_id, COUNT(*), SUM(open = {PREFIX_SIZE}) FROM"
+                f" (SELECT eni_id, prefix, SUM({_BORROWABLE}) AS open FROM addresses"
+                " WHERE prefix != '' GROUP BY eni_id, prefix) GROUP BY eni_id",
+                {"now": now}).fetchall()
         counts = {r[0]: r[1:] for r in rows}
-        return [EniUsage(eni, *(counts.get(eni.id) or (0, 0, 0, 0))) for eni in self.enis()]
+        prefixes = {r[0]: r[1:] for r in prefix_rows}
+        return [EniUsage(eni, *(counts.get(eni.id) or (0,) * 6),
+                         *(prefixes.get(eni.id) or (0, 0))) for eni in self.enis()]
 
-    def add_eni(self, eni: EniRecord, ips: Iterable[str] = ()) -> None:
+    def prefixes(self) -> list[PrefixUsage]:
+        """Every delegated prefix held, with its counts, by ENI and prefix."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT prefix, eni_id, SUM({_BORROWABLE}), SUM(state = 'assigned'),"
+                " SUM(state = 'cooling' AND cooldown_until > :now), SUM(state = 'releasing')"
+                " FROM addresses WHERE prefix != '' GROUP BY eni_id, prefix"
+                " ORDER BY eni_id, prefix", {"now": self._clock()}).fetchall()
+        return [PrefixUsage(*r) for r in rows]
+
+    def add_eni(self, eni: EniRecord, ips: Iterable[str] = (),
+                prefixes: Iterable[str] = ()) -> None:
         with self._tx() as db:
             self._upsert_eni(db, eni)
             self._add_ips(db, eni.id, ips)
+            self._add_prefixes(db, eni.id, prefixes)
 
     def add_addresses(self, eni_id: str, ips: Iterable[str]) -> None:
         with self._tx() as db:
             self._add_ips(db, eni_id, ips)
+
+    def add_prefixes(self, eni_id: str, prefixes: Iterable[str]) -> None:
+        """Delegated /28 prefixes the cloud assigned to the ENI: their 16 addresses free."""
+        with self._tx() as db:
+            self._add_prefixes(db, eni_id, prefixes)
+
+    @staticmethod
+    def _add_prefixes(db: sqlite3.Connection, eni_id: str, prefixes: Iterable[str]) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO addresses (ip, eni_id, state, prefix) VALUES (?, ?, 'free', ?)",
+            [(ip, eni_id, prefix) for prefix in prefixes for ip in prefix_addresses(prefix)])
 
     @staticmethod
     def _upsert_eni(db: sqlite3.Connection, eni: EniRecord) -> None:
@@ -304,17 +398,38 @@ class Store:
                        [(ip, eni_id) for ip in ips])
 
     def reserve_free(self, eni_id: str, count: int) -> list[str]:
-        """Mark up to ``count`` free (never still-cooling) addresses of the ENI as releasing, so no
-        borrow takes them while the pool gives them back to the cloud."""
+        """Mark up to ``count`` free (never still-cooling) secondary addresses of the ENI as
+        releasing, so no borrow takes them while the pool gives them back to the cloud."""
         now = self._clock()
         with self._tx() as db:
-            rows = db.execute("SELECT ip FROM addresses WHERE eni_id = ? AND (state = 'free'"
-                              " OR (state = 'cooling' AND cooldown_until <= ?))"
-                              " ORDER BY ip DESC LIMIT ?", (eni_id, now, count)).fetchall()
+            rows = db.execute(f"SELECT ip FROM addresses WHERE eni_id = :eni AND prefix = ''"
+                              f" AND {_BORROWABLE} ORDER BY ip DESC LIMIT :count",
+                              {"eni": eni_id, "now": now, "count": count}).fetchall()
             ips = [r[0] for r in rows]
             db.executemany("UPDATE addresses SET state = 'releasing' WHERE ip = ?",
                            [(ip,) for ip in ips])
             return ips
+
+    def reserve_prefixes(self, eni_id: str, count: int) -> list[str]:
+        """Mark up to ``count`` whole prefixes of the ENI (all 16 addresses free, none still
+        cooling) as releasing; the highest prefixes first. Returns the prefixes."""
+        now = self._clock()
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT prefix FROM addresses WHERE eni_id = :eni AND prefix != ''"
+                f" GROUP BY prefix HAVING SUM({_BORROWABLE}) = {PREFIX_SIZE}"
+                " ORDER BY prefix DESC LIMIT :count",
+                {"eni": eni_id, "now": now, "count": count}).fetchall()
+            prefixes = [r[0] for r in rows]
+            db.executemany("UPDATE addresses SET state = 'releasing' WHERE prefix = ?",
+                           [(p,) for p in prefixes])
+            return prefixes
+
+    def remove_prefixes(self, prefixes: Sequence[str]) -> None:
+        """Forget prefixes the cloud no longer holds for us (only releasing ones)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM addresses WHERE prefix = ? AND state = 'releasing'",
+                           [(p,) for p in prefixes if p])
 
     def reserve_eni(self, eni_id: str) -> list[str] | None:
         """Mark an ENI for deletion if it holds no assigned or cooling address; its free
@@ -342,27 +457,38 @@ class Store:
             db.execute("DELETE FROM addresses WHERE eni_id = ?", (eni_id,))
             db.execute("DELETE FROM enis WHERE id = ?", (eni_id,))
 
-    def apply_cloud_view(self, enis: Sequence[tuple[EniRecord, Sequence[str]]]) -> list[Allocation]:
+    def apply_cloud_view(self, enis: Sequence[EniView]) -> list[Allocation]:
         """Make the store agree with what the cloud says our ENIs hold, in one transaction:
-        new addresses become free, releasing ones still held become free again, addresses
-        the cloud dropped are forgotten (an allocation on one is kept, flagged lost, and
-        returned so the caller can log it loudly), ENIs not in the view are forgotten."""
+        new addresses (secondary, or of a delegated prefix) become free, releasing ones
+        still held become free again, addresses the cloud dropped are forgotten (an
+        allocation on one is kept, flagged lost, and returned so the caller can log it
+        loudly), ENIs not in the view are forgotten."""
         lost: list[Allocation] = []
         with self._tx() as db:
-            seen = {eni.id for eni, _ in enis}
-            for eni, ips in enis:
+            seen = {view.record.id for view in enis}
+            for view in enis:
+                eni = view.record
                 self._upsert_eni(db, eni)
-                held = set(ips)
-                rows = db.execute("SELECT ip, state FROM addresses WHERE eni_id = ?",
+                held = {ip: "" for ip in view.ips}
+                held.update((ip, prefix) for prefix in view.prefixes
+                            for ip in prefix_addresses(prefix))
+                rows = db.execute("SELECT ip, state, prefix FROM addresses WHERE eni_id = ?",
                                   (eni.id,)).fetchall()
-                known = {r[0]: r[1] for r in rows}
-                self._add_ips(db, eni.id, sorted(held - set(known)))
-                for ip, state in known.items():
-                    if ip in held:
-                        if state == RELEASING:
-                            db.execute("UPDATE addresses SET state = 'free' WHERE ip = ?", (ip,))
-                    else:
+                known = {r[0]: r[1:] for r in rows}
+                db.executemany(
+                    "INSERT OR IGNORE INTO addresses (ip, eni_id, state, prefix)"
+                    " VALUES (?, ?, 'free', ?)",
+                    [(ip, eni.id, prefix) for ip, prefix in sorted(held.items())
+                     if ip not in known])
+                for ip, (state, prefix) in known.items():
+                    if ip not in held:
                         lost += self._drop_address(db, ip)
+                    elif state == RELEASING or prefix != held[ip]:
+                        # still held (a give-back did not happen), or held otherwise than
+                        # recorded: the cloud's word; an assigned address stays assigned
+                        db.execute("UPDATE addresses SET prefix = ?, state = CASE state"
+                                   " WHEN 'releasing' THEN 'free' ELSE state END WHERE ip = ?",
+                                   (held[ip], ip))
             for (eni_id,) in db.execute("SELECT id FROM enis").fetchall():
                 if eni_id not in seen:
                     for (ip,) in db.execute("SELECT ip FROM addresses WHERE eni_id = ?",

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from ipam_daemon.store import (
-    MIGRATIONS, AllocationKey, EniRecord, PodInfo, Store, StoreError,
+    MIGRATIONS, AllocationKey, EniRecord, EniView, PodInfo, Store, StoreError, prefix_addresses,
 )
 
 
@@ -166,7 +166,7 @@ def test_reserve_blocks_borrow_until_the_cloud_view_settles_it(db_path):
     reserved = store.reserve_free("eni-1", 3)
     assert len(reserved) == 3
     assert store.borrow(key(1), PodInfo()) is None
-    store.apply_cloud_view([(record(), reserved[:1])])
+    store.apply_cloud_view([EniView(record(), reserved[:1])])
     assert {a.ip for a in store.addresses()} == {reserved[0]}
     assert store.borrow(key(1), PodInfo()).ip == reserved[0]
 
@@ -191,7 +191,7 @@ def test_apply_cloud_view_adds_drops_and_flags(db_path):
     dropped = store.borrow(key(2), PodInfo()).ip  # 10.0.0.11
     releasing = store.reserve_free("eni-1", 1)  # 10.0.0.12
     store.add_eni(record("eni-gone", 1, False), ["10.0.0.99"])
-    view = [(record(), [kept, releasing[0], "10.0.0.20"])]
+    view = [EniView(record(), [kept, releasing[0], "10.0.0.20"])]
     lost = store.apply_cloud_view(view)
     assert [a.ip for a in lost] == [dropped]
     by_ip = {a.ip: a.state for a in store.addresses()}
@@ -201,3 +201,87 @@ def test_apply_cloud_view_adds_drops_and_flags(db_path):
     assert flagged.lost and flagged.ip == dropped
     assert store.release(key(2), cooldown=30).lost  # released without touching addresses
     assert dropped not in {a.ip for a in store.addresses()}
+
+
+# ---- delegated prefixes ------------------------------------------------------------------
+
+P1, P2 = "10.0.1.16/28", "10.0.1.32/28"
+
+
+def test_a_prefix_is_its_sixteen_addresses_and_packs(db_path):
+    """Prefix delegation: every address of a /28 is a pod's; borrows fill the busiest prefix
+    first (device order first), so the other empties out and can go back whole."""
+    store = Store(db_path, prefer_prefixes=True)
+    store.add_eni(record(), ips(2), prefixes=[P1, P2])
+    assert prefix_addresses(P1)[0] == "10.0.1.16" and len(prefix_addresses(P1)) == 16
+    first = store.borrow(key(0), PodInfo())
+    prefix_of_first = next(a.prefix for a in store.addresses() if a.ip == first.ip)
+    taken = [store.borrow(key(i), PodInfo()).ip for i in range(1, 16)]
+    rows = {a.ip: a for a in store.addresses()}
+    assert {rows[ip].prefix for ip in taken} == {prefix_of_first}  # one prefix, full
+    usage = store.usage()[0]
+    assert (usage.singles, usage.free_singles, usage.prefixes, usage.free_prefixes) == (2, 2, 2, 1)
+    assert usage.slots == 4 and usage.total == 34 and usage.assigned == 16
+    # a pod leaves the full prefix: the next borrow goes back into it, not the empty one
+    store.release(key(3), cooldown=0)
+    again = store.borrow(key(99), PodInfo())
+    assert rows[again.ip].prefix == prefix_of_first
+
+
+def test_without_prefix_preference_secondary_addresses_go_first(db_path):
+    store = Store(db_path)
+    store.add_eni(record(), ips(1), prefixes=[P1])
+    assert store.borrow(key(0), PodInfo()).ip == ips(1)[0]
+    assert next(a.prefix for a in store.addresses()
+                if a.ip == store.borrow(key(1), PodInfo()).ip) == P1
+
+
+def test_a_prefix_goes_back_only_whole_and_cooled(db_path):
+    clock = Clock()
+    store = Store(db_path, clock=clock, prefer_prefixes=True)
+    store.add_eni(record(), prefixes=[P1, P2])
+    store.borrow(key(0), PodInfo())  # in P1 (lowest prefix first)
+    assert store.reserve_prefixes("eni-1", 2) == [P2]  # P1 has a pod
+    assert {a.state for a in store.addresses() if a.prefix == P2} == {"releasing"}
+    assert store.reserve_free("eni-1", 16) == []  # prefix addresses never go one by one
+    store.release(key(0), cooldown=30)
+    assert store.reserve_prefixes("eni-1", 1) == []  # one address still cooling
+    clock.now += 31
+    assert store.reserve_prefixes("eni-1", 1) == [P1]
+    store.remove_prefixes([P1, P2])
+    assert store.addresses() == [] and store.borrow(key(1), PodInfo()) is None
+
+
+def test_cloud_view_with_prefixes(db_path):
+    """Reconcile: a prefix the cloud holds is 16 free addresses; a releasing prefix still
+    held is free again; a prefix the cloud dropped flags its pod's allocation lost."""
+    store = Store(db_path, prefer_prefixes=True)
+    store.add_eni(record(), prefixes=[P1, P2])
+    pod = store.borrow(key(0), PodInfo())
+    store.reserve_prefixes("eni-1", 1)  # P2
+    lost = store.apply_cloud_view([EniView(record(), [], [P2, "10.0.1.48/28"])])
+    assert [a.ip for a in lost] == [pod.ip]
+    states = {a.ip: (a.state, a.prefix) for a in store.addresses()}
+    assert len(states) == 32 and set(states.values()) == {("free", P2), ("free", "10.0.1.48/28")}
+
+
+def test_schema_1_state_migrates_to_prefixes(db_path):
+    """A 0.1.0 agent's state (schema 1) gains the prefix column; its addresses are
+    secondary addresses and its allocations stay."""
+    conn = sqlite3.connect(db_path.parent.mkdir(parents=True) or db_path)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO enis VALUES ('eni-1', 'm', 's', '10.0.0.0/24', 0, '10.0.0.4', 1,"
+                 " 0, 0)")
+    conn.execute("INSERT INTO addresses VALUES ('10.0.0.10', 'eni-1', 'assigned', 0)")
+    conn.execute("INSERT INTO allocations (network, container_id, ifname, ip, eni_id,"
+                 " created_at) VALUES ('net', 'c0', 'eth0', '10.0.0.10', 'eni-1', 0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store(db_path)
+    assert store.schema_version == 2
+    assert [(a.ip, a.prefix) for a in store.addresses()] == [("10.0.0.10", "")]
+    assert store.get_allocation(key(0)).ip == "10.0.0.10"
+    assert store.usage()[0].singles == 1
