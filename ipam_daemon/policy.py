@@ -43,11 +43,15 @@ logger = logging.getLogger(__name__)
 
 
 class Kind(str, Enum):
+    """What a step does; ``count`` is in slots of the mode's unit (``Limits.unit``): secondary
+    addresses, or /28 prefixes with prefix delegation."""
+
     NOTHING = "nothing"
-    ASSIGN = "assign"  # assign ``count`` IPs to ENI ``eni_id``
-    CREATE_ENI = "create_eni"  # create and attach an ENI pre-filled with ``count`` IPs
-    UNASSIGN = "unassign"  # give ``count`` idle IPs of ENI ``eni_id`` back
+    ASSIGN = "assign"  # assign ``count`` slots to ENI ``eni_id``
+    CREATE_ENI = "create_eni"  # create and attach an ENI pre-filled with ``count`` slots
+    UNASSIGN = "unassign"  # give ``count`` idle slots of ENI ``eni_id`` back (whole prefixes)
     DELETE_ENI = "delete_eni"  # detach and delete the empty ENI ``eni_id``
+    RETIRE = "retire"  # give back ENI ``eni_id``'s idle holdings of the other mode (strays)
 
 
 class Blocker(str, Enum):
@@ -60,22 +64,35 @@ class Blocker(str, Enum):
 
 @dataclass(frozen=True)
 class EniCounts:
+    """One ENI, in addresses. With prefix delegation ``capacity`` is what it holds plus 16
+    per free slot; ``giveable`` says how many whole slots could go back now (prefixes with
+    all 16 free); ``strays`` are idle holdings of the other mode (secondary addresses after
+    a switch to prefixes, whole prefixes after a switch back): not counted as available,
+    given back (RETIRE), while pods on them keep their addresses until they leave."""
+
     eni_id: str
-    capacity: int  # secondary addresses the ENI can hold
+    capacity: int  # addresses the ENI can hold (what it holds + its free slots' worth)
     free: int = 0
     assigned: int = 0
     cooling: int = 0
     releasing: int = 0
     is_primary: bool = False
     age_seconds: float = 0.0
+    giveable: int | None = None  # whole slots that could be unassigned now (None: ``free``)
+    strays: int = 0  # idle slots of the other mode, to retire
+    stray_free: int = 0  # the addresses those hold (free, not available)
 
     @property
     def total(self) -> int:
-        return self.free + self.assigned + self.cooling + self.releasing
+        return self.free + self.assigned + self.cooling + self.releasing + self.stray_free
 
     @property
     def room(self) -> int:
         return max(self.capacity - self.total, 0)
+
+    @property
+    def whole_free(self) -> int:
+        return self.free if self.giveable is None else self.giveable
 
 
 @dataclass(frozen=True)
@@ -112,11 +129,18 @@ class Targets:
 @dataclass(frozen=True)
 class Limits:
     max_enis: int
-    ips_per_eni: int  # including the ENI's primary address
+    ips_per_eni: int  # address slots, including the one of the ENI's primary address
+    unit: int = 1  # addresses per slot: 1, or 16 with prefix delegation (a /28 per slot)
 
     @property
     def secondary_per_eni(self) -> int:
+        """Slots for pods on one ENI."""
         return self.ips_per_eni - 1
+
+    @property
+    def per_eni(self) -> int:
+        """Pod addresses one ENI can hold."""
+        return self.secondary_per_eni * self.unit
 
 
 @dataclass(frozen=True)
@@ -162,7 +186,7 @@ RISE_WINDOW = 30.0  # seconds: how far back ``Demand.rise`` looks
 def want_available(targets: Targets, limits: Limits, demand: Demand | None = None) -> int:
     """The warm target; one ``surge_ips`` higher while pods arrive in a burst (a refill is
     under way when the next borrows come: the last warm address must not be the only one)."""
-    want = max(targets.warm_ips, targets.warm_enis * limits.secondary_per_eni)
+    want = max(targets.warm_ips, targets.warm_enis * limits.per_eni)
     if demand is None:
         return want
     if targets.surge_rise and demand.rise >= targets.surge_rise:
@@ -174,7 +198,7 @@ def want_available(targets: Targets, limits: Limits, demand: Demand | None = Non
 def eni_headroom(targets: Targets, limits: Limits) -> int:
     """At most half an ENI ahead: on a small instance an early create would hold the loop
     (one call at a time) while borrows wait."""
-    return min(targets.eni_headroom, limits.secondary_per_eni // 2)
+    return min(targets.eni_headroom, limits.per_eni // 2)
 
 
 def shortfall(t: Totals, targets: Targets, limits: Limits,
@@ -184,14 +208,16 @@ def shortfall(t: Totals, targets: Targets, limits: Limits,
 
 
 def surplus(t: Totals, targets: Targets, limits: Limits) -> int:
-    """Idle addresses to free now: none until two batches lie above the warm target (and
-    the minimum), then all but one batch."""
+    """Idle addresses to free now, in whole slots: none until a batch and a slot (two
+    batches for single addresses) lie above the warm target (and the minimum), then all
+    but one batch."""
     want = want_available(targets, limits)  # not a burst's: the band stays where it is
+    unit, batch = limits.unit, targets.batch_size
     above = min(t.available - want, t.total - targets.min_ips)
-    over = above - targets.batch_size if above >= 2 * targets.batch_size else 0
+    over = (above - batch) // unit * unit if above >= batch + max(batch, unit) else 0
     if targets.max_ips and t.total - over > targets.max_ips:
-        over = t.total - targets.max_ips
-    return max(min(over, t.available), 0)
+        over = -(-(t.total - targets.max_ips) // unit) * unit
+    return max(min(over, t.available // unit * unit), 0)
 
 
 def decide(enis: tuple[EniCounts, ...], targets: Targets, limits: Limits,
@@ -203,6 +229,11 @@ def decide(enis: tuple[EniCounts, ...], targets: Targets, limits: Limits,
     short = shortfall(t, targets, limits, demand)
     if short:
         return _grow(enis, t, short, targets, limits)
+    strays = max(enis, key=lambda e: e.strays, default=None)
+    if strays is not None and strays.strays:
+        return Action(Kind.RETIRE, strays.strays, strays.eni_id,
+                      f"{strays.strays} idle slots of the other mode ({strays.stray_free}"
+                      " addresses) go back")
     ahead = _eni_ahead(enis, t, targets, limits, demand)
     if ahead is not None:
         return ahead
@@ -223,25 +254,28 @@ def _eni_ahead(enis, t: Totals, targets: Targets, limits: Limits,
 
 
 def _grow(enis, t: Totals, short: int, targets: Targets, limits: Limits) -> Action:
+    unit = limits.unit
     if targets.max_ips:
-        room_total = targets.max_ips - t.total
+        room_total = (targets.max_ips - t.total) // unit * unit  # whole slots under it
         if room_total <= 0:
             return Action(Kind.NOTHING, reason=f"short {short} but max_ips={targets.max_ips}"
                           f" reached ({t.total} held)", blocker=Blocker.MAX_IPS)
         short = min(short, room_total)
     step = max(short, targets.batch_size)
     if targets.max_ips:
-        step = min(step, targets.max_ips - t.total)
-    roomy = [e for e in enis if e.room]
+        step = min(step, room_total)
+    slots, batch = -(-step // unit), -(-targets.batch_size // unit)  # rounded up to slots
+    roomy = [e for e in enis if e.room >= unit]
     if roomy:  # the first ENI with room for a batch (low ENIs fill first, high ones can
         # empty), else the first that takes the whole step in one call, else the roomiest
-        eni = next((e for e in roomy if e.room >= min(step, targets.batch_size)), None) or \
-            next((e for e in roomy if e.room >= step), max(roomy, key=lambda e: e.room))
-        return Action(Kind.ASSIGN, min(step, eni.room), eni.eni_id,
+        eni = next((e for e in roomy if e.room // unit >= min(slots, batch)), None) or \
+            next((e for e in roomy if e.room // unit >= slots),
+                 max(roomy, key=lambda e: e.room))
+        return Action(Kind.ASSIGN, min(slots, eni.room // unit), eni.eni_id,
                       f"short {short}: {t.available} available, {t.total} held")
     ceiling = eni_ceiling(targets, limits)
     if len(enis) < ceiling:
-        count = min(step, limits.secondary_per_eni)
+        count = min(slots, limits.secondary_per_eni)
         return Action(Kind.CREATE_ENI, count, reason=f"short {short}; ENIs full"
                       f" ({len(enis)} of {ceiling} attached)")
     return Action(Kind.NOTHING, reason=f"short {short} but ENI limit reached: {len(enis)} of"
@@ -271,11 +305,17 @@ def _shrink(enis, t: Totals, over: int, peak: int, targets: Targets, limits: Lim
                       f" {t.total} held")
     # One call: a secondary ENI with nothing in use first (emptied, it can be deleted once
     # not needed), else the ENI that can give the most of the surplus; the primary last.
-    candidates = [(index, e) for index, e in enumerate(enis) if e.free]
+    # Only whole slots go back: with prefixes, those with all 16 addresses free.
+    unit = limits.unit
+    candidates = [(index, e) for index, e in enumerate(enis) if e.whole_free]
+    if not candidates:
+        return Action(Kind.NOTHING, reason=f"over by {over}, but no whole prefix is free"
+                      f" ({t.available} available in partly used prefixes)")
     _, eni = min(candidates, key=lambda p: (
-        p[1].is_primary or bool(p[1].assigned + p[1].cooling), -min(p[1].free, over),
-        p[1].is_primary, p[1].assigned + p[1].cooling, -p[0]))
-    count = min(over, eni.free)
+        p[1].is_primary or bool(p[1].assigned + p[1].cooling),
+        -min(p[1].whole_free * unit, over), p[1].is_primary, p[1].assigned + p[1].cooling,
+        -p[0]))
+    count = min(over // unit, eni.whole_free)
     return Action(Kind.UNASSIGN, count, eni.eni_id,
                   f"over by {over}: {t.available} available, {t.total} held")
 

@@ -56,7 +56,7 @@ def uniform_jitter(limit: float) -> float:
     return random.uniform(0.0, limit)
 
 GROW = frozenset({Kind.ASSIGN, Kind.CREATE_ENI})
-SHRINK = frozenset({Kind.UNASSIGN, Kind.DELETE_ENI})
+SHRINK = frozenset({Kind.UNASSIGN, Kind.DELETE_ENI, Kind.RETIRE})
 
 
 class Chore(str, Enum):

@@ -249,3 +249,74 @@ def test_waiting_borrows_are_demand_even_with_no_warm_target(waiting, kind, coun
     enis = (eni(P, assigned=2, primary=True),)
     action = decide(enis, Targets(warm_ips=0, batch_size=1), M5L, Demand(waiting=waiting))
     assert (action.kind, action.count) == (kind, count)
+
+
+# ---- prefix delegation: slots of 16 ------------------------------------------------------
+
+M5L_PREFIXES = Limits(max_enis=3, ips_per_eni=10, unit=16)  # 9 slots x 16 = 144 per ENI
+
+
+def pfx(name, prefixes=0, assigned=0, cooling=0, whole_free=0, slots_used=None, primary=False,
+        strays=0, stray_free=0, age=9000.0):
+    """An ENI holding ``prefixes`` /28s (16 addresses each) and ``strays`` idle singles."""
+    held = prefixes * 16
+    used = prefixes + strays if slots_used is None else slots_used
+    return EniCounts(name, held + stray_free + (9 - used) * 16,
+                     free=held - assigned - cooling, assigned=assigned, cooling=cooling,
+                     is_primary=primary, age_seconds=age, giveable=whole_free, strays=strays,
+                     stray_free=stray_free)
+
+
+PREFIX_CASES = [
+    ("a fresh node takes one prefix for a shortfall of two",
+     (pfx(P, primary=True),), Targets(warm_ips=2), Kind.ASSIGN, 1, P),
+    ("a shortfall of 20 is two prefixes in one call",
+     (pfx(P, primary=True),), Targets(warm_ips=20), Kind.ASSIGN, 2, P),
+    ("15 of 16 used: one free < warm 2: the next prefix",
+     (pfx(P, 1, assigned=15, primary=True),), Targets(warm_ips=2), Kind.ASSIGN, 1, P),
+    ("one whole free prefix above the band goes back",
+     (pfx(P, 2, assigned=10, whole_free=1, primary=True),), Targets(warm_ips=2),
+     Kind.UNASSIGN, 1, P),
+    ("inside the band (21 available, warm 2 + batch 4 + 16 = 22): kept",
+     (pfx(P, 2, assigned=11, whole_free=1, primary=True),), Targets(warm_ips=2),
+     Kind.NOTHING, 0, ""),
+    ("over the band but no prefix whole free: nothing to give",
+     (pfx(P, 3, assigned=20, whole_free=0, primary=True),), Targets(warm_ips=2),
+     Kind.NOTHING, 0, ""),
+    ("9 slots full on the primary (144): a new ENI with one prefix",
+     (pfx(P, 9, assigned=143, primary=True),), Targets(warm_ips=2), Kind.CREATE_ENI, 1, ""),
+    ("a single's slot leaves room for one prefix less",
+     (pfx(P, 8, assigned=127, strays=1, stray_free=0, slots_used=9, primary=True),),
+     Targets(warm_ips=2), Kind.CREATE_ENI, 1, ""),
+    ("idle secondary addresses of the old mode go back (not counted available)",
+     (pfx(P, 1, assigned=2, strays=3, stray_free=3, primary=True),), Targets(warm_ips=2),
+     Kind.RETIRE, 3, P),
+    ("max_ips is never passed by rounding up to a prefix",
+     (pfx(P, 2, assigned=31, primary=True),), Targets(warm_ips=2, max_ips=40), Kind.NOTHING,
+     0, ""),
+]
+
+
+@pytest.mark.parametrize("name,enis,targets,kind,count,eni_id", PREFIX_CASES,
+                         ids=[c[0] for c in PREFIX_CASES])
+def test_decide_with_prefixes(name, enis, targets, kind, count, eni_id):
+    action = decide(enis, targets, M5L_PREFIXES)
+    assert (action.kind, action.count, action.eni_id) == (kind, count, eni_id), action
+
+
+def test_110_pods_fit_the_primary_eni_in_prefix_mode():
+    """Filling an m5.large one pod at a time by the policy's own actions: 110 pods end on
+    the primary ENI alone (7 prefixes + warm), and no ENI is ever created."""
+    targets = Targets()
+    prefixes, assigned = 0, 0
+    kinds = []
+    for _ in range(110):
+        while True:
+            action = decide((pfx(P, prefixes, assigned, primary=True),), targets, M5L_PREFIXES)
+            kinds.append(action.kind)
+            if action.kind is Kind.ASSIGN:
+                prefixes += action.count
+                continue
+            break
+        assigned += 1
+    assert Kind.CREATE_ENI not in kinds and prefixes == 7 and prefixes * 16 >= 110 + 2
