@@ -97,6 +97,8 @@ def parse_limits(doc: Doc) -> InstanceLimits:
             instance_type=doc["InstanceType"],
             max_enis=int(network["MaximumNetworkInterfaces"]),
             ips_per_eni=int(network["Ipv4AddressesPerInterface"]),
+            hypervisor=str(doc.get("Hypervisor") or ""),
+            bare_metal=bool(doc.get("BareMetal")),
         )
     except KeyError as missing:
         raise InvalidRequest(

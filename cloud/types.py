@@ -25,6 +25,14 @@ class InstanceLimits:
     instance_type: str
     max_enis: int
     ips_per_eni: int
+    hypervisor: str = ""  # DescribeInstanceTypes' Hypervisor: "nitro", "xen"; "" for metal
+    bare_metal: bool = False
+
+    @property
+    def nitro(self) -> bool:
+        """Built on the Nitro system, so EC2 delegates /28 prefixes to its ENIs (bare metal
+        types name no hypervisor and are counted in, as the AWS VPC CNI does)."""
+        return self.hypervisor == "nitro" or self.bare_metal
 
     @property
     def secondary_ips_per_eni(self) -> int:

@@ -56,6 +56,7 @@ class Code(IntEnum):
     CHECK_FAILED = 106
     AGENT_INTERNAL = 107
     SUBNET_FRAGMENTED = 108  # prefix mode: free addresses, but no free aligned /28
+    PREFIXES_UNSUPPORTED = 109  # prefix mode on an instance type that is not Nitro
 
 
 class CniError(Exception):

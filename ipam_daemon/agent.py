@@ -74,7 +74,8 @@ class Agent:
                                    initial=0.5, maximum=30.0, what="describing this node")
 
     def start(self) -> None:
-        self.store = Store(self.config.state_path)
+        self.store = Store(self.config.state_path,
+                           prefer_prefixes=self.config.prefix_delegation)
         self.status, self.metrics_listener = start_listeners(
             (self.config.status_address, self.config.status_port),
             (self.config.metrics_address, self.config.metrics_port), lambda: self.service,

@@ -30,15 +30,30 @@ def format_pool(pool: dict) -> str:
     lines = [f"capacity {pool['capacity']}  held {pool['total']}  assigned {pool['assigned']}"
              f"  warm {pool['warm']}  cooling {pool['cooling']}  ENIs {pool['enis']}"
              f"/{pool['max_enis']}  ready {'yes' if pool['ready'] else 'no'}"]
-    if pool.get("blocked"):
-        lines.append(f"blocked (code {pool['blocked']['code']}): {pool['blocked']['msg']}")
-    header = ("ENI", "DEV", "SUBNET", "CAP", "FREE", "ASSIGNED", "COOLING")
+    if pool.get("prefix_delegation") or pool.get("prefixes"):
+        lines.append(f"mode {pool.get('mode', '?')}  prefixes {pool.get('prefixes', 0)}"
+                     f" ({pool.get('prefixes_free', 0)} whole free)")
+    for what in ("blocked", "notice"):
+        if pool.get(what):
+            lines.append(f"{what} (code {pool[what]['code']}): {pool[what]['msg']}")
+    header = ("ENI", "DEV", "SUBNET", "CAP", "FREE", "ASSIGNED", "COOLING", "SLOTS", "PREFIXES")
     rows = [header] + [(e["id"] + (" *" if e["primary"] else ""), str(e["device_index"]),
                         e["subnet"], str(e["capacity"]), str(e["free"]), str(e["assigned"]),
-                        str(e["cooling"])) for e in pool["per_eni"]]
+                        str(e["cooling"]), f"{e.get('slots_used', '-')}/{e.get('slots', '-')}",
+                        _prefix_cell(e.get("prefixes") or []))
+                       for e in pool["per_eni"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+def _prefix_cell(prefixes: list[dict]) -> str:
+    """``10.0.1.16/28 (12 in use), 10.0.1.32/28 (free)``; ``-`` for none."""
+    if not prefixes:
+        return "-"
+    return ", ".join(f"{p['prefix']} ({p['assigned'] + p['cooling']} in use)"
+                     if p["assigned"] + p["cooling"] else f"{p['prefix']} (free)"
+                     for p in prefixes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,14 @@ class AgentConfig:
         (IMDSv2), asked who this node is when nothing else says it ("": never asked).""")
     # ---- the pool ------------------------------------------------------------------------
     pool: Targets = field(default_factory=Targets)
+    prefix_delegation: bool = knob(False, """Each address slot of an ENI holds a /28
+        prefix (16 pod addresses) instead of one address: an m5.large holds 110 pods on its
+        primary ENI. Nitro instance types only; set the kubelet's maxPods (README). The pool's
+        targets stay in addresses; prefixes go back whole. A node switched either way keeps
+        its pods' addresses.""")
+    prefix_fallback: bool = knob(False, """With prefix_delegation: when the subnet has no
+        free aligned /28 (fragmented), or the instance type is not Nitro, take secondary
+        addresses instead of blocking (a SubnetFragmented event says so either way).""")
     cooldown_seconds: float = knob(30.0, """A released address is not handed out again for
         this long (as AWS, but never counted as available, and kept across restarts).""",
         live=True)

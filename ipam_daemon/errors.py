@@ -23,6 +23,7 @@ from cni.spec import CniError, Code
 class Reason(str, enum.Enum):
     SUBNET_EXHAUSTED = "SubnetExhausted"
     SUBNET_FRAGMENTED = "SubnetFragmented"  # prefix mode: no free aligned /28 in the subnet
+    PREFIXES_UNSUPPORTED = "PrefixDelegationUnsupported"  # prefix mode on a non-Nitro type
     ENI_LIMIT_REACHED = "ENILimitReached"
     CLOUD_THROTTLED = "CloudThrottled"
     CLOUD_PERMISSION_DENIED = "CloudPermissionDenied"
@@ -66,6 +67,8 @@ ERRORS: dict[Code, ErrorKind] = {
     Code.AGENT_INTERNAL: ErrorKind(500, None, False, "agent internal error"),
     Code.SUBNET_FRAGMENTED: ErrorKind(500, Reason.SUBNET_FRAGMENTED, True,
                                       "subnet fragmented (no free aligned /28 prefix)"),
+    Code.PREFIXES_UNSUPPORTED: ErrorKind(500, Reason.PREFIXES_UNSUPPORTED, False,
+                                         "prefix delegation unsupported"),
 }
 
 

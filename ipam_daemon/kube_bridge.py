@@ -213,8 +213,8 @@ class KubeBridge:
         summary = agent.service.pool_summary()
         route_problem = agent.route_problem()
         self.kube.publish_ip_status(ip_status_of(summary, route_problem))
-        blocked = summary.get("blocked")
-        key = (blocked and blocked["code"], route_problem)
+        blocked, notice = summary.get("blocked"), summary.get("notice")
+        key = (blocked and blocked["code"], route_problem, notice and notice["code"])
         if key != self._last_blocked:
             self._last_blocked = key
             if route_problem:
@@ -222,3 +222,6 @@ class KubeBridge:
             elif blocked is not None and reason_for(blocked["code"]):
                 self.kube.warn_node(reason_for(blocked["code"]),
                                     f"{blocked['msg']} ({pool_message(summary)})")
+            elif notice is not None and reason_for(notice["code"]):  # e.g. falling back
+                self.kube.warn_node(reason_for(notice["code"]),
+                                    f"{notice['msg']} ({pool_message(summary)})")

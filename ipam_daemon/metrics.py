@@ -61,7 +61,13 @@ def pool_gauges(pool: dict) -> list[GaugeMetricFamily]:
     for eni in pool.get("per_eni", []):
         for state in ENI_STATES:
             per_eni.add_metric([eni["id"], state], float(eni[state]))
-    return [held, capacity, enis, max_enis, per_eni]
+    prefixes = GaugeMetricFamily(
+        "underlay_pool_prefixes", "Delegated /28 prefixes this node holds: whole free (all 16"
+        " addresses free, can go back) or in use.", labels=["state"])
+    free = float(pool.get("prefixes_free", 0))
+    prefixes.add_metric(["free"], free)
+    prefixes.add_metric(["in_use"], max(float(pool.get("prefixes", 0)) - free, 0.0))
+    return [held, capacity, enis, max_enis, per_eni, prefixes]
 
 
 class _PoolCollector:

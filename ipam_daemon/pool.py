@@ -11,6 +11,15 @@ Crash safety (the agent may be killed at any instant):
 - new ENI: created and attached in ``cloud.provision``; a kill leaves an attached ENI
   (adopted by reconcile) or an unattached one (deleted by leaked-ENI GC).
 
+Prefix delegation (``prefix_delegation``): the policy counts addresses with a slot of 16
+(``Limits.unit``); the loop assigns, creates and gives back /28 prefixes, whole ones only.
+Idle secondary addresses of a node switched to prefixes are strays (not available, given
+back); so are whole free prefixes of a node switched back. A subnet with no free aligned
+/28 (SubnetFragmented), or an instance type that is not Nitro, blocks growth with its own
+reason, or, with ``prefix_fallback``, turns the loop to secondary addresses: it tries a
+prefix again once per ``subnet_full_backoff`` when it grows, and returns to prefixes when
+one is given.
+
 After a failure the loop backs off (subnet exhausted: ``subnet_full_backoff``; throttled or
 unavailable: exponential up to 30 s; the stepper's table) and remembers why: a borrow that
 starves reports it. Here cloud errors become a ``Failure`` kind and a ``Blocked`` message.
@@ -19,10 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cloud import errors as ce
 from cloud.api import Cloud
@@ -39,7 +49,7 @@ from ipam_daemon.reconcile import (
     SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
 )
 from ipam_daemon.stepper import Chore, Failure, Gate, Intervals, PoolStepper
-from ipam_daemon.store import Store
+from ipam_daemon.store import PREFIX_SIZE, EniUsage, Store
 from cni.datapath.base import Datapath
 
 logger = logging.getLogger(__name__)
@@ -48,6 +58,7 @@ logger = logging.getLogger(__name__)
 # The stepper's wait by the kind of cloud failure (first match); the blocked code and its
 # words come from the error table by the code the error carries (ipam_daemon.errors).
 FAILURE_KINDS: tuple[tuple[type[ce.CloudError], Failure], ...] = (
+    (ce.SubnetFragmented, Failure.SUBNET_FULL),
     (ce.SubnetExhausted, Failure.SUBNET_FULL),
     (ce.EniLimitReached, Failure.ENI_LIMIT),
     (ce.IpLimitReached, Failure.IP_LIMIT),
@@ -92,7 +103,11 @@ class Pool:
         self.metrics = metrics
         self.subnets = SubnetCache(cloud)
         self.targets = config.pool
-        self.limits = Limits(node.limits.max_enis, node.limits.ips_per_eni)
+        self.prefixes = config.prefix_delegation  # the mode the node is asked to run in
+        self._fallback_retry = math.inf  # in fallback: when to try a prefix again
+        self.notice: Blocked | None = None  # a condition worth an event that blocks nothing
+        self.limits = Limits(node.limits.max_enis, node.limits.ips_per_eni,
+                             PREFIX_SIZE if self.prefixes else 1)
         self.stepper = PoolStepper(self.targets, self.limits, Intervals.from_config(config))
         self.reconciled = threading.Event()
         self._clock = clock
@@ -106,6 +121,8 @@ class Pool:
         self._thread: threading.Thread | None = None
         self._waiting = 0  # borrows waiting for an address (see waiting_borrow)
         self._waiting_lock = threading.Lock()
+        self._unsupported = False  # prefix mode on a type that cannot hold prefixes
+        self._check_prefix_support()
 
     # ---- what borrowers see -------------------------------------------------------------
 
@@ -204,14 +221,30 @@ class Pool:
 
     def counts(self) -> tuple[EniCounts, ...]:
         now = self._clock()
-        return tuple(
-            EniCounts(u.eni.id, self.limits.secondary_per_eni, u.free, u.assigned, u.cooling,
-                      u.releasing, u.eni.is_primary, max(now - u.eni.created_at, 0.0))
-            for u in self.store.usage() if not u.eni.deleting)
+        return tuple(self._counts_of(u, max(now - u.eni.created_at, 0.0))
+                     for u in self.store.usage() if not u.eni.deleting)
+
+    def _counts_of(self, u: EniUsage, age: float) -> EniCounts:
+        """One ENI as the policy sees it in the mode the loop runs in (``limits.unit``)."""
+        unit = self.limits.unit
+        free_slots = max(self.limits.secondary_per_eni - u.slots, 0)
+        if unit == PREFIX_SIZE:  # prefixes: free secondary addresses are strays
+            strays, stray_free, giveable = u.free_singles, u.free_singles, u.free_prefixes
+        elif self.prefixes:  # falling back to secondary addresses: prefixes stay
+            strays, stray_free, giveable = 0, 0, u.free_singles
+        else:  # secondary addresses: whole free prefixes are strays
+            strays, stray_free = u.free_prefixes, u.free_prefixes * PREFIX_SIZE
+            giveable = u.free_singles
+        return EniCounts(u.eni.id, u.total + free_slots * unit, u.free - stray_free,
+                         u.assigned, u.cooling, u.releasing, u.eni.is_primary, age,
+                         giveable=giveable, strays=strays, stray_free=stray_free)
 
     def step(self) -> bool:
         """Do at most one thing; True when something was done (look again at once)."""
         self._do_chores(self._monotonic())
+        if self._unsupported:  # blocked for good: keep the store in step, change nothing
+            self._idle_until = self._monotonic() + self.config.pool_interval
+            return False
         step = self.stepper.step(self._monotonic(), self.counts(), waiting=self._waiting,
                                  cordoned=self._cordoned)  # the clock after the chores' I/O
         if step.gate is Gate.AT_TARGET:
@@ -256,31 +289,117 @@ class Pool:
         else:
             self._set_blocked(None)
 
+    @property
+    def in_prefixes(self) -> bool:
+        """Whether the loop hands out prefixes now (not falling back)."""
+        return self.limits.unit == PREFIX_SIZE
+
     def _act(self, action: Action) -> None:
-        logger.info("pool: %s %s %s (%s)", action.kind.value, action.count or "",
-                    action.eni_id, action.reason)
+        logger.info("pool: %s %s %s%s (%s)", action.kind.value, action.count or "",
+                    action.eni_id, " [prefixes]" if self.in_prefixes else "", action.reason)
         if action.kind is Kind.ASSIGN:
-            self._assign(action.eni_id, action.count)
+            if self.in_prefixes:
+                self._assign_prefixes(action.eni_id, action.count)
+            else:
+                self._assign(action.eni_id, action.count)
         elif action.kind is Kind.CREATE_ENI:
             self._create_eni(action.count)
         elif action.kind is Kind.UNASSIGN:
-            ips = self.store.reserve_free(action.eni_id, action.count)
-            if not ips:
-                return
-            try:
-                self.cloud.unassign_ips(EniId(action.eni_id), ips)
-            except ce.NotFound:
-                pass  # already gone: forget them
-            except BaseException:
-                self._settle_by_reconcile()
-                raise
-            self.store.remove_addresses(ips)
+            self._give_back(action.eni_id, action.count, prefixes=self.in_prefixes)
+        elif action.kind is Kind.RETIRE:  # the other mode's idle holdings
+            self._give_back(action.eni_id, action.count, prefixes=not self.in_prefixes)
         elif action.kind is Kind.DELETE_ENI:
             self._delete_eni(action.eni_id)
+
+    def _give_back(self, eni_id: str, count: int, *, prefixes: bool) -> None:
+        """Reserve (no borrow takes them), unassign in one call, forget: ``count`` secondary
+        addresses, or ``count`` whole prefixes."""
+        if prefixes:
+            held = self.store.reserve_prefixes(eni_id, count)
+            unassign, forget = self.cloud.unassign_prefixes, self.store.remove_prefixes
+        else:
+            held = self.store.reserve_free(eni_id, count)
+            unassign, forget = self.cloud.unassign_ips, self.store.remove_addresses
+        if not held:
+            return
+        try:
+            unassign(EniId(eni_id), held)
+        except ce.NotFound:
+            pass  # already gone: forget them
+        except BaseException:
+            self._settle_by_reconcile()
+            raise
+        forget(held)
+
+    # ---- prefix delegation ----------------------------------------------------------------
+
+    def _check_prefix_support(self) -> None:
+        """At start in prefix mode: an instance type that is not Nitro cannot hold
+        prefixes; the loop blocks with that reason, or falls back to secondary addresses."""
+        if not self.prefixes or self.node.limits.nitro:
+            return
+        limits = self.node.limits
+        detail = (f"{limits.instance_type} is not built on the Nitro system"
+                  f" ({limits.hypervisor or 'unknown'} hypervisor); EC2 delegates /28"
+                  " prefixes to Nitro instance types only")
+        if self.config.prefix_fallback:
+            self._fall_back(Code.PREFIXES_UNSUPPORTED, detail, retry=False)
+        else:
+            self._set_blocked(Blocked(Code.PREFIXES_UNSUPPORTED, kind_of(
+                Code.PREFIXES_UNSUPPORTED).message(
+                f"{detail}. Turn prefix_delegation off for this node (a per-node override)"
+                " or prefix_fallback on")))
+            self._unsupported = True
+
+    def _fall_back(self, code: Code, detail: str, *, retry: bool = True) -> None:
+        """Hand out secondary addresses instead of prefixes; try a prefix again once per
+        ``subnet_full_backoff`` when growing (never, on a type that cannot hold one)."""
+        self.limits = replace(self.limits, unit=1)
+        self.stepper.limits = self.limits
+        self._fallback_retry = (self._monotonic() + self.config.subnet_full_backoff
+                                if retry else math.inf)
+        self.notice = Blocked(code, kind_of(code).message(
+            f"{detail}; falling back to secondary addresses (prefix_fallback)"))
+        logger.warning("pool: %s", self.notice.message)
+        self._notify()
+
+    def _back_to_prefixes(self) -> None:
+        self.limits = replace(self.limits, unit=PREFIX_SIZE)
+        self.stepper.limits = self.limits
+        self._fallback_retry = math.inf
+        self.notice = None
+        logger.info("pool: the subnet gave a /28 prefix again: back to prefixes")
+
+    def _assign_prefixes(self, eni_id: str, count: int) -> None:
+        """One AssignPrivateIpAddresses for ``count`` prefixes; a fragmented subnet turns
+        the loop to secondary addresses when configured to (the next step grows so)."""
+        try:
+            prefixes = self.cloud.assign_prefixes(EniId(eni_id), count)
+        except ce.SubnetFragmented as exc:
+            if not self.config.prefix_fallback:
+                raise
+            self._fall_back(Code.SUBNET_FRAGMENTED, self._subnet_message(exc))
+            return
+        self.store.add_prefixes(eni_id, prefixes)
+
+    def _retry_prefix(self, eni_id: str) -> bool:
+        """Falling back and growing: once per ``subnet_full_backoff``, one prefix first."""
+        if not self.prefixes or self._monotonic() < self._fallback_retry:
+            return False
+        try:
+            prefixes = self.cloud.assign_prefixes(EniId(eni_id), 1)
+        except ce.SubnetFragmented:
+            self._fallback_retry = self._monotonic() + self.config.subnet_full_backoff
+            return False
+        self.store.add_prefixes(eni_id, prefixes)
+        self._back_to_prefixes()
+        return True
 
     def _assign(self, eni_id: str, count: int) -> None:
         """One AssignPrivateIpAddresses; when the subnet cannot give ``count``, ask once
         more for what it still has (a batch must not turn a nearly full subnet into none)."""
+        if self._retry_prefix(eni_id):
+            return
         try:
             ips = self.cloud.assign_ips(EniId(eni_id), count)
         except ce.SubnetExhausted:
@@ -295,21 +414,31 @@ class Pool:
     def _create_eni(self, count: int) -> None:
         from cloud.provision import provision_eni
 
-        subnet_id, count = self._pick_subnet(count)
+        prefixes = self.in_prefixes
+        subnet_id, count = self._pick_subnet(count * PREFIX_SIZE if prefixes else count)
+        if prefixes:
+            count = count // PREFIX_SIZE  # what the subnet's free addresses could hold
         if not count and not self._subnet_spares_an_eni(subnet_id):
             self.stepper.pause_eni_ahead(self._monotonic())
             logger.info("pool: no ENI ahead: subnet %s cannot spare an address for an empty"
                         " ENI beyond the room on the attached ones", subnet_id)
             return
-        eni = provision_eni(self.cloud, self.node.instance, self.node.limits, subnet_id,
-                            self.node.security_groups, count, self.node.cluster,
-                            self.node.name)
+        try:
+            eni = provision_eni(self.cloud, self.node.instance, self.node.limits, subnet_id,
+                                self.node.security_groups, 0 if prefixes else count,
+                                self.node.cluster, self.node.name,
+                                prefix_count=count if prefixes else 0)
+        except ce.SubnetFragmented as exc:
+            if not self.config.prefix_fallback:
+                raise
+            self._fall_back(Code.SUBNET_FRAGMENTED, self._subnet_message(exc))
+            return
         known = {e.id: e for e in self.store.enis()}
         record = eni_record(eni, self.node, self.subnets, known, self._clock())
         self.datapath.ensure_eni(eni_link(record, self.config.mtu))
-        self.store.add_eni(record, eni.secondary_ips)
-        logger.info("pool: ENI %s attached at device %d with %d addresses", eni.id,
-                    record.device_index, len(eni.secondary_ips))
+        self.store.add_eni(record, eni.secondary_ips, eni.prefixes)
+        logger.info("pool: ENI %s attached at device %d with %d addresses and %d prefixes",
+                    eni.id, record.device_index, len(eni.secondary_ips), len(eni.prefixes))
 
     def _subnet_spares_an_eni(self, subnet_id: str) -> bool:
         """An empty ENI ahead takes one subnet address (its primary): only when the subnet
@@ -370,7 +499,7 @@ class Pool:
 
     def _blocked_detail(self, action: Action, exc: ce.CloudError) -> str:
         """The numbers behind a failure that blocks growth, for the table's words."""
-        if isinstance(exc, ce.SubnetExhausted):
+        if isinstance(exc, (ce.SubnetExhausted, ce.SubnetFragmented)):
             return self._subnet_message(exc)
         if isinstance(exc, ce.EniLimitReached):
             return (f"the cloud refused another ENI ({len(self.counts())} of"

@@ -24,7 +24,9 @@ from ipam_daemon.config import AgentConfig
 from ipam_daemon.metrics import Metrics
 from ipam_daemon.pool import Pool
 from ipam_daemon.reconcile import eni_link
-from ipam_daemon.store import FOREIGN_NETWORK, Allocation, AllocationKey, PodInfo, Store
+from ipam_daemon.store import (
+    FOREIGN_NETWORK, PREFIX_SIZE, Allocation, AllocationKey, PodInfo, Store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -275,24 +277,37 @@ class Service:
 
     def pool_summary(self) -> dict:
         usage = [u for u in self.store.usage() if not u.eni.deleting]
-        per_eni_cap = self.pool.limits.secondary_per_eni
+        limits = self.pool.limits
+        unit = limits.unit
+        prefixes: dict[str, list[dict]] = {}
+        for p in self.store.prefixes():
+            prefixes.setdefault(p.eni_id, []).append(
+                {"prefix": p.prefix, "free": p.free, "assigned": p.assigned,
+                 "cooling": p.cooling, "releasing": p.releasing})
         per_eni = [{"id": u.eni.id, "device_index": u.eni.device_index,
                     "subnet": u.eni.subnet_id, "primary": u.eni.is_primary,
-                    "capacity": per_eni_cap, "free": u.free, "assigned": u.assigned,
-                    "cooling": u.cooling, "releasing": u.releasing} for u in usage]
-        ceiling = self.pool.limits.max_enis
+                    "capacity": u.total + max(limits.secondary_per_eni - u.slots, 0) * unit,
+                    "free": u.free, "assigned": u.assigned, "cooling": u.cooling,
+                    "releasing": u.releasing, "slots": limits.secondary_per_eni,
+                    "slots_used": u.slots, "prefixes": prefixes.get(u.eni.id, [])}
+                   for u in usage]
+        ceiling = limits.max_enis
         targets = self.config.pool
         if targets.max_enis:
             ceiling = min(ceiling, targets.max_enis)
-        capacity = ceiling * per_eni_cap
+        capacity = ceiling * limits.per_eni
         if targets.max_ips:
             capacity = min(capacity, targets.max_ips)
         blocked = self.pool.blocked
+        notice = getattr(self.pool, "notice", None)
         route: dict = {}
         if self.config.vpc_route:
             route = {"pod_cidr": self.config.pod_cidr,
                      "route_problem": getattr(self.pool, "route_problem", "") or None}
+        held = [p for eni in per_eni for p in eni["prefixes"]]
         return route | {
+            "mode": "prefixes" if unit > 1 else "secondary addresses",
+            "prefix_delegation": self.config.prefix_delegation,
             "capacity": capacity,
             "total": sum(u.total for u in usage),
             "assigned": sum(u.assigned for u in usage),
@@ -301,10 +316,14 @@ class Service:
             "cooling": sum(u.cooling for u in usage),
             "enis": len(usage),
             "max_enis": ceiling,
+            "prefixes": len(held),
+            "prefixes_free": sum(p["free"] == PREFIX_SIZE for p in held),
             "targets": {"warm_ips": targets.warm_ips, "min_ips": targets.min_ips,
                         "max_ips": targets.max_ips, "warm_enis": targets.warm_enis},
             "blocked": None if blocked is None else {"code": int(blocked.code),
                                                      "msg": blocked.message},
+            "notice": None if notice is None else {"code": int(notice.code),
+                                                   "msg": notice.message},
             "ready": self.pool.reconciled.is_set(),
             "per_eni": per_eni,
         }
@@ -313,7 +332,7 @@ class Service:
         return [{"id": e.id, "mac": e.mac, "subnet": e.subnet_id, "cidr": e.subnet_cidr,
                  "device_index": e.device_index, "primary_ip": e.primary_ip,
                  "primary": e.is_primary, "created_at": e.created_at, "deleting": e.deleting,
-                 "addresses": [{"ip": a.ip, "state": a.state,
+                 "addresses": [{"ip": a.ip, "state": a.state, "prefix": a.prefix or None,
                                 "cooldown_until": a.cooldown_until or None}
                                for a in self.store.addresses() if a.eni_id == e.id]}
                 for e in self.store.enis()]

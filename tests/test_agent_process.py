@@ -194,9 +194,10 @@ def test_status_cli_prints_the_pool(emulator, control, start_agent):
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert lines[0].startswith("capacity 27  held 3  assigned 1  warm 2  cooling 0")
-        assert lines[1].split() == ["ENI", "DEV", "SUBNET", "CAP", "FREE", "ASSIGNED", "COOLING"]
+        assert lines[1].split() == ["ENI", "DEV", "SUBNET", "CAP", "FREE", "ASSIGNED", "COOLING",
+                                    "SLOTS", "PREFIXES"]
         assert lines[2].split() == [world.instances[0].primary_eni_id, "*", "0",
-                                    world.subnet_ids[0], "9", "2", "1", "0"]
+                                    world.subnet_ids[0], "9", "2", "1", "0", "3/9", "-"]
     out = subprocess.run([sys.executable, "-m", "ipam_daemon.cli", "--socket",
                           agent.config["socket_path"] + ".missing"],
                          capture_output=True, text=True, timeout=30)
