@@ -134,5 +134,8 @@ def _validate_route_mode(c: Any) -> None:
     if c.mode == "vpc-route":
         _require(c.datapath in ("veth", "none"), "datapath", c.datapath,
                  "mode vpc-route routes pods in the main table: veth (or none)")
+        _require(not c.prefix_delegation, "prefix_delegation", c.prefix_delegation,
+                 "mode vpc-route carves pod addresses from the node's pod CIDR: no ENI"
+                 " prefixes (turn one of them off)")
         _require(bool(c.pod_cidr) or c.kubernetes != "off", "pod_cidr", c.pod_cidr,
                  "required in mode vpc-route without kubernetes (the Node's spec.podCIDR)")

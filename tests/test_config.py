@@ -38,6 +38,9 @@ def test_file_then_environment(tmp_path):
     ({"min_ips": 9, "max_ips": 4}, {}, "min_ips=9: must not exceed max_ips=4"),
     ({"snat": "maybe"}, {}, "snat: expected on/off"),
     ({"subnets": [1]}, {}, "subnets: expected a list of strings"),
+    ({"mode": "vpc-route", "pod_cidr": "10.244.1.0/24", "prefix_delegation": True}, {},
+     "prefix_delegation=True: mode vpc-route carves pod addresses"),
+    ({}, {"UNDERLAY_PREFIX_DELEGATION": "maybe"}, "prefix_delegation: expected on/off"),
 ])
 def test_bad_values_are_named(raw, env, message):
     with pytest.raises(ConfigError) as info:
