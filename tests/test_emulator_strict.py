@@ -5,39 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterator
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from lab.ec2 import EmulatedCloud, EmulatorSettings, World, build_world
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatedCloud]:
-    cloud = EmulatedCloud.start(settings=EmulatorSettings(buckets_enabled=False))
-    try:
-        yield cloud
-    finally:
-        cloud.stop()
-
-
-@pytest.fixture
-def ec2(emulator: EmulatedCloud):
-    return boto3.client(
-        "ec2", endpoint_url=emulator.endpoint, region_name=emulator.region,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10),
-    )
-
-
-def refused(code: str, call, **kwargs) -> ClientError:
-    with pytest.raises(ClientError) as caught:
-        call(**kwargs)
-    assert caught.value.response["Error"]["Code"] == code, caught.value.response["Error"]
-    return caught.value
+from emulator_fixtures import *  # noqa: F401,F403 - the emulator and ec2 fixtures
+from emulator_fixtures import refused  # returns EC2's message
+from lab.ec2 import EmulatedCloud, World, build_world
 
 
 def world_of(emulator: EmulatedCloud, instance_type: str = "m5.large",
