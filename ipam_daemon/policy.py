@@ -36,10 +36,13 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from ipam_daemon.schema import knob
 
 logger = logging.getLogger(__name__)
+
+PREFIX_SIZE = 16  # addresses of a delegated /28 (one ENI address slot)
 
 
 class Kind(str, Enum):
@@ -141,6 +144,46 @@ class Limits:
     def per_eni(self) -> int:
         """Pod addresses one ENI can hold."""
         return self.secondary_per_eni * self.unit
+
+
+class Holdings(Protocol):
+    """What one ENI holds, as the store counts it (``ipam_daemon.store.EniUsage``; the pool
+    simulator's ENIs in ``bench.node_sim`` too): cooled addresses count as free."""
+
+    free: int  # borrowable now
+    assigned: int
+    cooling: int  # still cooling
+    releasing: int
+    free_singles: int  # free secondary addresses
+    free_prefixes: int  # prefixes with all 16 addresses free
+
+    @property
+    def total(self) -> int: ...
+
+    @property
+    def slots(self) -> int:  # address slots in use besides the ENI's primary address
+        ...
+
+
+def eni_counts(eni_id: str, held: Holdings, limits: Limits, *, prefix_delegation: bool,
+               is_primary: bool, age: float) -> EniCounts:
+    """One ENI as the policy sees it in the mode the loop runs in (``limits.unit``: 16 hands
+    out prefixes, 1 secondary addresses); ``prefix_delegation``: the node is asked for
+    prefixes (with ``unit`` 1 it is falling back). The other mode's idle holdings are
+    strays: free secondary addresses in prefix mode, whole free prefixes in secondary mode
+    (not while falling back: those prefixes are the node's own mode)."""
+    unit = limits.unit
+    free_slots = max(limits.secondary_per_eni - held.slots, 0)
+    if unit == PREFIX_SIZE:  # prefixes: free secondary addresses are strays
+        strays, stray_free, giveable = held.free_singles, held.free_singles, held.free_prefixes
+    elif prefix_delegation:  # falling back to secondary addresses: prefixes stay
+        strays, stray_free, giveable = 0, 0, held.free_singles
+    else:  # secondary addresses: whole free prefixes are strays
+        strays, stray_free = held.free_prefixes, held.free_prefixes * PREFIX_SIZE
+        giveable = held.free_singles
+    return EniCounts(eni_id, held.total + free_slots * unit, held.free - stray_free,
+                     held.assigned, held.cooling, held.releasing, is_primary, age,
+                     giveable=giveable, strays=strays, stray_free=stray_free)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipam_daemon.policy import PREFIX_SIZE  # addresses of a delegated /28
+
 logger = logging.getLogger(__name__)
 
 FREE, ASSIGNED, COOLING, RELEASING = "free", "assigned", "cooling", "releasing"
@@ -171,8 +173,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX addresses_by_prefix ON addresses(prefix) WHERE prefix != '';
     """,
 )
-
-PREFIX_SIZE = 16  # addresses of a delegated /28
 
 # an address a borrow may take now (free, or cooled down by :now)
 _BORROWABLE = "(state = 'free' OR (state = 'cooling' AND cooldown_until <= :now))"
