@@ -39,6 +39,7 @@ class Benchmark:
 
 BENCHMARKS = (
     Benchmark("pool_efficiency", "bench.pool_efficiency"),
+    Benchmark("prefix_efficiency", "bench.prefix_efficiency"),
     Benchmark("cni_latency", "bench.cni_latency"),
     Benchmark("add_breakdown", "bench.bench_add_breakdown"),
     Benchmark("burst", "bench.bench_burst"),

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from bench import prefix_efficiency as pfx
 from bench.aws_policy import PrefixTargets, decide_free_eni_prefix, decide_pool_prefix
 from bench.node_sim import Datastore, SimConfig, SimNode, SimulationError
 from bench.pool_loops import aws_loop, simulate, underlay_loop
@@ -245,3 +246,27 @@ def test_underlay_prefix_tiny_trace_by_hand():
     idle = 16 * (300.0 - 0.5) - (90 + 80 + 70)
     assert r.idle_ip_seconds == pytest.approx(idle)
     assert r.eni_seconds == pytest.approx(300.0)
+def test_aws_prefix_tiny_trace_by_hand():
+    # a pass every 5 s after the last: at 0 one prefix (0.3 s); at 10.3, 15 available < 16:
+    # a second (0.3 s); once all leave (100) both prefixes are free (cooling counts): the
+    # 100.6 pass gives one back (no shrink yet, so no interval to wait). Two Assigns, one
+    # Unassign; the reference of the prefix bench is this policy on ipamd's datastore.
+    trace = tiny(("a", 10.0, 100.0), ("b", 20.0, 100.0), ("c", 30.0, 100.0))
+    node, make_loop = pfx.policies()[pfx.REFERENCE]
+    assert node.prefix_delegation and node.datastore is Datastore.IPAMD
+    r = simulate("a", trace, node, make_loop)
+    assert r.calls == {"AssignPrivateIpAddresses": 2, "UnassignPrivateIpAddresses": 1}
+    assert (r.misses, r.peak_held, r.peak_enis) == (0, 32, 1)
+
+
+def test_prefix_efficiency_reports_ratios_against_aws_prefix():
+    out: dict = {}
+    pfx.run(out, quick=True)
+    assert set(out["policies"]) == {"underlay-prefix", "underlay-secondary", "aws-prefix",
+                                    "aws-prefix-packed"}
+    assert set(out["ratios_over_aws_prefix"]) == {"underlay-prefix", "underlay-secondary"}
+    metrics = {r["metric"] for r in out["rows"]}
+    assert {"mutating EC2 calls [prefix mode]", "ENIs attached, mean [secondary mode]",
+            "pool misses (ADDs that found no address) [prefix mode]"} <= metrics
+    assert all(s["adds"] > 0 for s in out["policies"].values())
+
