@@ -1,7 +1,8 @@
 """Prefix delegation in the pool simulator and AWS's prefix comparator: slot limits at their
 exact numbers, borrows packed as the agent's store packs them (checked step by step against
 the real store), prefixes given back only whole, WARM_PREFIX_TARGET=1's arithmetic as
-tables, and tiny traces counted by hand. Pure: no clock, cloud or kernel."""
+tables, tiny traces counted by hand, and the ENIs a burst's lower bound counts. Pure: no
+clock, cloud or kernel."""
 from __future__ import annotations
 
 import ipaddress
@@ -12,6 +13,7 @@ import pytest
 
 from bench import prefix_efficiency as pfx
 from bench.aws_policy import PrefixTargets, decide_free_eni_prefix, decide_pool_prefix
+from bench.bench_burst import new_enis_needed
 from bench.node_sim import Datastore, SimConfig, SimNode, SimulationError
 from bench.pool_loops import aws_loop, simulate, underlay_loop
 from bench.trace import Trace, TracePod
@@ -270,3 +272,19 @@ def test_prefix_efficiency_reports_ratios_against_aws_prefix():
             "pool misses (ADDs that found no address) [prefix mode]"} <= metrics
     assert all(s["adds"] > 0 for s in out["policies"].values())
 
+
+
+@pytest.mark.parametrize("pods,per_eni,enis,needed", [
+    (60, 29, 1, 2),  # the secondary burst: c5.4xlarge, 29 addresses per ENI
+    (100, 144, 1, 0),  # the prefix burst: m5.large, 9 slots x 16 on the primary ENI alone
+    (145, 144, 1, 1),
+    (100, 144, 2, 0),
+])
+def test_the_burst_bounds_count_the_enis_no_policy_can_avoid(pods, per_eni, enis, needed):
+    assert new_enis_needed(pods, per_eni, enis) == needed
+
+
+def test_the_prefix_burst_is_100_pods_in_prefix_mode_on_an_m5_large():
+    from bench.bench_burst_prefix import PLAN
+    assert (PLAN.pods, PLAN.instance_type, dict(PLAN.agent)) == (
+        100, "m5.large", {"prefix_delegation": True})
