@@ -54,7 +54,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable
 
-from ipam_daemon.policy import PREFIX_SIZE, Action, EniCounts, Kind, Limits, eni_counts
+from ipam_daemon.policy import (
+    PREFIX_SIZE, Action, EniCounts, Holdings, Kind, Limits, eni_counts,
+)
 from ipam_daemon.stepper import Intervals
 
 
@@ -114,29 +116,6 @@ class SimConfig:
         return Intervals.from_config(self)
 
 
-@dataclass(frozen=True)
-class SimHoldings:
-    """One ENI's counts as the agent's store reports them (``ipam_daemon.policy.Holdings``:
-    cooled addresses count as free)."""
-
-    free: int
-    assigned: int
-    cooling: int
-    releasing: int
-    singles: int
-    free_singles: int
-    prefixes: int
-    free_prefixes: int
-
-    @property
-    def total(self) -> int:
-        return self.free + self.assigned + self.cooling + self.releasing
-
-    @property
-    def slots(self) -> int:
-        return self.singles + self.prefixes
-
-
 @dataclass
 class SimEni:
     eni_id: str
@@ -168,12 +147,12 @@ class SimEni:
         return [p for p, ips in sorted(self.prefixes.items())
                 if not any(ip in self.assigned or ip in self.releasing for ip in ips)]
 
-    def holdings(self) -> SimHoldings:
+    def holdings(self) -> Holdings:
         free_singles = sum(ip not in self.prefix_of for ip in self.free)
         singles = self.held - len(self.prefix_of)
-        return SimHoldings(len(self.free), len(self.assigned), len(self.cooling),
-                           len(self.releasing), singles, free_singles, len(self.prefixes),
-                           len(self.whole_free()))
+        return Holdings(len(self.free), len(self.assigned), len(self.cooling),
+                        len(self.releasing), singles, free_singles, len(self.prefixes),
+                        len(self.whole_free()))
 
 
 @dataclass(frozen=True)

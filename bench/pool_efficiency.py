@@ -194,8 +194,9 @@ def run(out: dict, *, quick: bool = False) -> None:
     out["rows"] = rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def trace_args(argv: list[str] | None, description: str) -> tuple[list[int], float, float]:
+    """The command line of a trace replay: (seeds, hours per seed, ENI create latency)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
     parser.add_argument("--first-seed", type=int, default=1,
                         help="the first seed (4 with --seeds 5: the held-out seeds)")
@@ -205,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.hours <= 0 or args.create_latency < 0:
         parser.error("--seeds >= 1, --hours > 0 and --create-latency >= 0 please")
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    summaries = measure(seeds, args.hours, args.create_latency)
+    return (list(range(args.first_seed, args.first_seed + args.seeds)), args.hours,
+            args.create_latency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    seeds, hours, create_latency = trace_args(argv, __doc__.splitlines()[0])
+    summaries = measure(seeds, hours, create_latency)
     print(f"{'policy':12s} {'idle IP-s':>10s} {'idle IPs':>8s} {'misses':>6s} {'calls':>6s}"
           f" {'p50 s':>6s} {'p99 s':>6s} {'describes':>9s}  calls by action")
     for s in summaries.values():

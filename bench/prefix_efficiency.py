@@ -29,7 +29,6 @@ addresses or aligned /28 blocks: fragmentation is not in these figures.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import replace
 
@@ -38,7 +37,9 @@ from ipam_daemon.config import AgentConfig
 
 from bench import aws_policy
 from bench.node_sim import Datastore, SimConfig
-from bench.pool_efficiency import Summary, ratio, sim_config, summarize, trace_plan
+from bench.pool_efficiency import (
+    Summary, ratio, sim_config, summarize, trace_args, trace_plan,
+)
 from bench.pool_loops import aws_loop, simulate, underlay_loop
 from bench.trace import make_trace
 
@@ -127,29 +128,13 @@ def run(out: dict, *, quick: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
-    parser.add_argument("--first-seed", type=int, default=1)
-    parser.add_argument("--hours", type=float, default=6.0)
-    parser.add_argument("--create-latency", type=float, default=3.0,
-                        help="seconds to create and attach an ENI")
-    args = parser.parse_args(argv)
-    if args.seeds < 1 or args.hours <= 0 or args.create_latency < 0:
-        parser.error("--seeds >= 1, --hours > 0 and --create-latency >= 0 please")
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    summaries = measure(seeds, args.hours, args.create_latency)
-    print(f"{'policy':20s} {'calls':>6s} {'misses':>6s} {'idle':>7s} {'ENIs peak':>9s}"
-          f" {'ENIs mean':>9s} {'held peak':>9s}  calls by action")
-    for s in summaries.values():
-        print(f"{s.name:20s} {s.total_calls:6d} {s.misses:6d} {s.mean_idle_ips:7.2f}"
-              f" {s.peak_enis:9d} {s.mean_enis:9.2f} {s.peak_held:9d}  {s.calls}")
-    aws = summaries[REFERENCE]
-    for name in ("underlay-prefix", "underlay-secondary"):
-        s = summaries[name]
-        print(f"{name} / {REFERENCE}: calls {ratio(s.total_calls, aws.total_calls)}x,"
-              f" misses {s.misses} vs {aws.misses}, idle"
-              f" {ratio(s.mean_idle_ips, aws.mean_idle_ips)}x, mean ENIs"
-              f" {ratio(s.mean_enis, aws.mean_enis)}x (seeds {seeds[0]}-{seeds[-1]})")
+    """The rows ``make bench`` prints, for other seeds, hours or create latencies."""
+    seeds, hours, create_latency = trace_args(argv, __doc__.splitlines()[0])
+    print(f"seeds {seeds[0]}-{seeds[-1]}, {hours:g} h each; underlay against {REFERENCE}")
+    for row in rows(measure(seeds, hours, create_latency)):
+        ratio_ = "" if row["ratio"] is None else f"{row['ratio']}x"
+        print(f"{row['metric']:56s} {row['underlay']:>10s} {row['reference']:>10s}"
+              f" {ratio_:>7s}  {row['also']}")
     return 0
 
 

@@ -36,7 +36,6 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
 
 from ipam_daemon.schema import knob
 
@@ -146,23 +145,29 @@ class Limits:
         return self.secondary_per_eni * self.unit
 
 
-class Holdings(Protocol):
-    """What one ENI holds, as the store counts it (``ipam_daemon.store.EniUsage``; the pool
-    simulator's ENIs in ``bench.node_sim`` too): cooled addresses count as free."""
+@dataclass(frozen=True)
+class Holdings:
+    """What one ENI holds at one instant, as the store counts it (cooled addresses count as
+    free): the store's ``EniUsage`` is one, and so is each ENI of the pool simulator in
+    ``bench/``."""
 
     free: int  # borrowable now
     assigned: int
     cooling: int  # still cooling
     releasing: int
-    free_singles: int  # free secondary addresses
-    free_prefixes: int  # prefixes with all 16 addresses free
+    singles: int = 0  # secondary addresses held (each takes an address slot of the ENI)
+    free_singles: int = 0  # ... of them free
+    prefixes: int = 0  # delegated /28 prefixes held (each takes one slot too)
+    free_prefixes: int = 0  # ... of them with all 16 addresses free: whole, giveable
 
     @property
-    def total(self) -> int: ...
+    def total(self) -> int:
+        return self.free + self.assigned + self.cooling + self.releasing
 
     @property
-    def slots(self) -> int:  # address slots in use besides the ENI's primary address
-        ...
+    def slots(self) -> int:
+        """The ENI's address slots in use, besides its own primary address."""
+        return self.singles + self.prefixes
 
 
 def eni_counts(eni_id: str, held: Holdings, limits: Limits, *, prefix_delegation: bool,

@@ -329,8 +329,8 @@ def usage(free=0, assigned=0, cooling=0, singles=0, free_singles=0, prefixes=0,
     from ipam_daemon.store import EniRecord, EniUsage
     record = EniRecord("eni-p", "02:00:00:00:00:01", "subnet-1", "10.0.0.0/24", 0,
                        "10.0.0.10", True, 0.0)
-    return EniUsage(record, free, assigned, cooling, 0, singles, free_singles, prefixes,
-                    free_prefixes)
+    return EniUsage(free, assigned, cooling, 0, singles, free_singles, prefixes, free_prefixes,
+                    eni=record)
 
 
 COUNT_CASES = [
