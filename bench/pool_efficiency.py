@@ -74,7 +74,13 @@ def sim_config(create_latency: float = 3.0, config: AgentConfig | None = None) -
                      pool_interval=c.pool_interval, shrink_interval=c.shrink_interval,
                      reconcile_interval=c.reconcile_interval,
                      leaked_eni_interval=c.leaked_eni_interval,
-                     subnet_full_backoff=c.subnet_full_backoff, max_backoff=c.max_backoff)
+                     subnet_full_backoff=c.subnet_full_backoff, max_backoff=c.max_backoff,
+                     prefix_delegation=c.prefix_delegation)
+
+
+def trace_plan(quick: bool = False) -> tuple[list[int], float]:
+    """The seeds and hours per seed ``make bench`` replays (``--quick``: one short trace)."""
+    return ([1], 2.0) if quick else ([1, 2, 3], 6.0)
 
 
 AWS_DEFAULT = Targets(warm_ips=0, min_ips=0, warm_enis=1, eni_min_age=60.0)
@@ -110,6 +116,8 @@ class Summary:
     wait_p99: float
     peak_held: int
     describes: int  # DescribeNetworkInterfaces (reconcile, leaked-ENI GC), not mutating
+    peak_enis: int = 1
+    mean_enis: float = 1.0  # ENIs attached, averaged over time
 
     @property
     def total_calls(self) -> int:
@@ -127,7 +135,9 @@ def summarize(name: str, results: list[SimResult], duration: float) -> Summary:
     return Summary(name, idle, cooling, idle / duration, sum(r.misses for r in results),
                    sum(r.adds for r in results), dict(sorted(calls.items())),
                    percentile(waits, 0.5), percentile(waits, 0.99),
-                   max(r.peak_held for r in results), sum(r.describes for r in results))
+                   max(r.peak_held for r in results), sum(r.describes for r in results),
+                   max(r.peak_enis for r in results),
+                   sum(r.eni_seconds for r in results) / duration)
 
 
 def measure(seeds: list[int], hours: float, create_latency: float) -> dict[str, Summary]:
@@ -146,7 +156,7 @@ def ratio(ours: float, theirs: float) -> float | None:
 
 def run(out: dict, *, quick: bool = False) -> None:
     """Fill ``out`` with the summaries, the ratios and the table rows (see bench.run)."""
-    seeds, hours = ([1], 2.0) if quick else ([1, 2, 3], 6.0)
+    seeds, hours = trace_plan(quick)
     summaries = measure(seeds, hours, create_latency=3.0)
     ours, aws = summaries["underlay"], summaries["aws-default"]
     ratios = {"idle_ip_seconds": ratio(ours.idle_ip_seconds, aws.idle_ip_seconds),
@@ -184,8 +194,9 @@ def run(out: dict, *, quick: bool = False) -> None:
     out["rows"] = rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def trace_args(argv: list[str] | None, description: str) -> tuple[list[int], float, float]:
+    """The command line of a trace replay: (seeds, hours per seed, ENI create latency)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
     parser.add_argument("--first-seed", type=int, default=1,
                         help="the first seed (4 with --seeds 5: the held-out seeds)")
@@ -195,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.hours <= 0 or args.create_latency < 0:
         parser.error("--seeds >= 1, --hours > 0 and --create-latency >= 0 please")
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    summaries = measure(seeds, args.hours, args.create_latency)
+    return (list(range(args.first_seed, args.first_seed + args.seeds)), args.hours,
+            args.create_latency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    seeds, hours, create_latency = trace_args(argv, __doc__.splitlines()[0])
+    summaries = measure(seeds, hours, create_latency)
     print(f"{'policy':12s} {'idle IP-s':>10s} {'idle IPs':>8s} {'misses':>6s} {'calls':>6s}"
           f" {'p50 s':>6s} {'p99 s':>6s} {'describes':>9s}  calls by action")
     for s in summaries.values():

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 class Engine:
-    """A clock and a queue of callbacks; ``run`` integrates the idle addresses over time."""
+    """A clock and a queue of callbacks; ``run`` integrates the idle addresses and the
+    attached ENIs over time."""
 
     def __init__(self, node: SimNode) -> None:
         self.node = node
@@ -26,6 +27,7 @@ class Engine:
         self._seq = itertools.count()
         self.idle_ip_seconds = 0.0
         self.cooling_ip_seconds = 0.0
+        self.eni_seconds = 0.0
 
     def at(self, when: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (max(when, self.node.now), next(self._seq), callback))
@@ -41,6 +43,7 @@ class Engine:
         idle = self.node.held() - self.node.assigned()
         self.idle_ip_seconds += idle * (when - self.node.now)
         self.cooling_ip_seconds += self.node.cooling_between(self.node.now, when)
+        self.eni_seconds += len(self.node.enis) * (when - self.node.now)
         self.node.now = when
 
 
@@ -235,7 +238,7 @@ def simulate(name: str, trace: Trace, config: SimConfig,
                      sim.node.peak_held,
                      sim.node.peak_enis, len(sim.waits) + len(sim.pending) + sim.cancelled,
                      sim.misses, sim.cancelled, tuple(sim.waits), dict(sim.node.calls),
-                     dict(sim.node.actions), sim.node.describes)
+                     dict(sim.node.actions), sim.node.describes, sim.engine.eni_seconds)
 
 
 def underlay_loop(decide: Decide, targets: Targets) -> Callable[[Simulation], UnderlayLoop]:

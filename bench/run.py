@@ -39,9 +39,11 @@ class Benchmark:
 
 BENCHMARKS = (
     Benchmark("pool_efficiency", "bench.pool_efficiency"),
+    Benchmark("prefix_efficiency", "bench.prefix_efficiency"),
     Benchmark("cni_latency", "bench.cni_latency"),
     Benchmark("add_breakdown", "bench.bench_add_breakdown"),
     Benchmark("burst", "bench.bench_burst"),
+    Benchmark("burst_prefix", "bench.bench_burst_prefix"),
     Benchmark("agent_resources", "bench.bench_agent_resources"),
     Benchmark("scale", "bench.bench_scale"),
     Benchmark("borrow", "bench.bench_borrow", ("-n", "300"), ("-n", "200")),

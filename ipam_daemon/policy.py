@@ -41,6 +41,8 @@ from ipam_daemon.schema import knob
 
 logger = logging.getLogger(__name__)
 
+PREFIX_SIZE = 16  # addresses of a delegated /28 (one ENI address slot)
+
 
 class Kind(str, Enum):
     """What a step does; ``count`` is in slots of the mode's unit (``Limits.unit``): secondary
@@ -141,6 +143,52 @@ class Limits:
     def per_eni(self) -> int:
         """Pod addresses one ENI can hold."""
         return self.secondary_per_eni * self.unit
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What one ENI holds at one instant, as the store counts it (cooled addresses count as
+    free): the store's ``EniUsage`` is one, and so is each ENI of the pool simulator in
+    ``bench/``."""
+
+    free: int  # borrowable now
+    assigned: int
+    cooling: int  # still cooling
+    releasing: int
+    singles: int = 0  # secondary addresses held (each takes an address slot of the ENI)
+    free_singles: int = 0  # ... of them free
+    prefixes: int = 0  # delegated /28 prefixes held (each takes one slot too)
+    free_prefixes: int = 0  # ... of them with all 16 addresses free: whole, giveable
+
+    @property
+    def total(self) -> int:
+        return self.free + self.assigned + self.cooling + self.releasing
+
+    @property
+    def slots(self) -> int:
+        """The ENI's address slots in use, besides its own primary address."""
+        return self.singles + self.prefixes
+
+
+def eni_counts(eni_id: str, held: Holdings, limits: Limits, *, prefix_delegation: bool,
+               is_primary: bool, age: float) -> EniCounts:
+    """One ENI as the policy sees it in the mode the loop runs in (``limits.unit``: 16 hands
+    out prefixes, 1 secondary addresses); ``prefix_delegation``: the node is asked for
+    prefixes (with ``unit`` 1 it is falling back). The other mode's idle holdings are
+    strays: free secondary addresses in prefix mode, whole free prefixes in secondary mode
+    (not while falling back: those prefixes are the node's own mode)."""
+    unit = limits.unit
+    free_slots = max(limits.secondary_per_eni - held.slots, 0)
+    if unit == PREFIX_SIZE:  # prefixes: free secondary addresses are strays
+        strays, stray_free, giveable = held.free_singles, held.free_singles, held.free_prefixes
+    elif prefix_delegation:  # falling back to secondary addresses: prefixes stay
+        strays, stray_free, giveable = 0, 0, held.free_singles
+    else:  # secondary addresses: whole free prefixes are strays
+        strays, stray_free = held.free_prefixes, held.free_prefixes * PREFIX_SIZE
+        giveable = held.free_singles
+    return EniCounts(eni_id, held.total + free_slots * unit, held.free - stray_free,
+                     held.assigned, held.cooling, held.releasing, is_primary, age,
+                     giveable=giveable, strays=strays, stray_free=stray_free)
 
 
 @dataclass(frozen=True)

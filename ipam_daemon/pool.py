@@ -43,13 +43,15 @@ from ipam_daemon.backoff import retry_until_stopped
 from ipam_daemon.config import AgentConfig
 from ipam_daemon.errors import kind_of
 from ipam_daemon.metrics import Metrics
-from ipam_daemon.policy import Action, Blocker, EniCounts, Kind, Limits
+from ipam_daemon.policy import (
+    PREFIX_SIZE, Action, Blocker, EniCounts, Kind, Limits, eni_counts,
+)
 from ipam_daemon.cloud_node import CloudNode
 from ipam_daemon.reconcile import (
     SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
 )
 from ipam_daemon.stepper import Chore, Failure, Gate, Intervals, PoolStepper
-from ipam_daemon.store import PREFIX_SIZE, EniUsage, Store
+from ipam_daemon.store import EniUsage, Store
 from cni.datapath.base import Datapath
 
 logger = logging.getLogger(__name__)
@@ -226,18 +228,8 @@ class Pool:
 
     def _counts_of(self, u: EniUsage, age: float) -> EniCounts:
         """One ENI as the policy sees it in the mode the loop runs in (``limits.unit``)."""
-        unit = self.limits.unit
-        free_slots = max(self.limits.secondary_per_eni - u.slots, 0)
-        if unit == PREFIX_SIZE:  # prefixes: free secondary addresses are strays
-            strays, stray_free, giveable = u.free_singles, u.free_singles, u.free_prefixes
-        elif self.prefixes:  # falling back to secondary addresses: prefixes stay
-            strays, stray_free, giveable = 0, 0, u.free_singles
-        else:  # secondary addresses: whole free prefixes are strays
-            strays, stray_free = u.free_prefixes, u.free_prefixes * PREFIX_SIZE
-            giveable = u.free_singles
-        return EniCounts(u.eni.id, u.total + free_slots * unit, u.free - stray_free,
-                         u.assigned, u.cooling, u.releasing, u.eni.is_primary, age,
-                         giveable=giveable, strays=strays, stray_free=stray_free)
+        return eni_counts(u.eni.id, u, self.limits, prefix_delegation=self.prefixes,
+                          is_primary=u.eni.is_primary, age=age)
 
     def step(self) -> bool:
         """Do at most one thing; True when something was done (look again at once)."""

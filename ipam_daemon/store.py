@@ -32,8 +32,10 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ipam_daemon.policy import PREFIX_SIZE, Holdings
 
 logger = logging.getLogger(__name__)
 
@@ -116,27 +118,10 @@ def prefix_addresses(prefix: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class EniUsage:
+class EniUsage(Holdings):
     """Per-ENI counts at one instant (cooling past its time counts as free)."""
 
-    eni: EniRecord
-    free: int
-    assigned: int
-    cooling: int
-    releasing: int
-    singles: int = 0  # secondary addresses held (each takes an address slot of the ENI)
-    free_singles: int = 0  # ... of them free
-    prefixes: int = 0  # delegated /28 prefixes held (each takes one slot too)
-    free_prefixes: int = 0  # ... of them with all 16 addresses free: whole, giveable
-
-    @property
-    def total(self) -> int:
-        return self.free + self.assigned + self.cooling + self.releasing
-
-    @property
-    def slots(self) -> int:
-        """The ENI's address slots in use, besides its own primary address."""
-        return self.singles + self.prefixes
+    eni: EniRecord = field(kw_only=True)
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -171,8 +156,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX addresses_by_prefix ON addresses(prefix) WHERE prefix != '';
     """,
 )
-
-PREFIX_SIZE = 16  # addresses of a delegated /28
 
 # an address a borrow may take now (free, or cooled down by :now)
 _BORROWABLE = "(state = 'free' OR (state = 'cooling' AND cooldown_until <= :now))"
@@ -346,8 +329,8 @@ class Store:
                 {"now": now}).fetchall()
         counts = {r[0]: r[1:] for r in rows}
         prefixes = {r[0]: r[1:] for r in prefix_rows}
-        return [EniUsage(eni, *(counts.get(eni.id) or (0,) * 6),
-                         *(prefixes.get(eni.id) or (0, 0))) for eni in self.enis()]
+        return [EniUsage(*(counts.get(eni.id) or (0,) * 6),
+                         *(prefixes.get(eni.id) or (0, 0)), eni=eni) for eni in self.enis()]
 
     def prefixes(self) -> list[PrefixUsage]:
         """Every delegated prefix held, with its counts, by ENI and prefix."""

@@ -320,3 +320,45 @@ def test_110_pods_fit_the_primary_eni_in_prefix_mode():
             break
         assigned += 1
     assert Kind.CREATE_ENI not in kinds and prefixes == 7 and prefixes * 16 >= 110 + 2
+
+
+# ---- what one ENI's holdings are to the policy (the agent's and the simulator's counts) --
+
+def usage(free=0, assigned=0, cooling=0, singles=0, free_singles=0, prefixes=0,
+          free_prefixes=0):
+    from ipam_daemon.store import EniRecord, EniUsage
+    record = EniRecord("eni-p", "02:00:00:00:00:01", "subnet-1", "10.0.0.0/24", 0,
+                       "10.0.0.10", True, 0.0)
+    return EniUsage(free, assigned, cooling, 0, singles, free_singles, prefixes, free_prefixes,
+                    eni=record)
+
+
+COUNT_CASES = [
+    # (id, holdings, unit, prefix_delegation, capacity, free, giveable, strays, stray_free)
+    ("secondary mode: 5 singles, 2 free; 4 free slots of 1",
+     usage(free=2, assigned=3, singles=5, free_singles=2), 1, False, 9, 2, 2, 0, 0),
+    ("prefix mode: 2 prefixes, one whole free; 7 free slots of 16",
+     usage(free=20, assigned=12, prefixes=2, free_prefixes=1), 16, True, 144, 20, 1, 0, 0),
+    ("prefix mode: free singles of the old mode are strays, not available",
+     usage(free=3 + 16 + 3, assigned=13, singles=3, free_singles=3, prefixes=2,
+           free_prefixes=1), 16, True, 35 + 4 * 16, 19, 1, 3, 3),
+    ("secondary mode: whole free prefixes of the old mode are strays",
+     usage(free=2 + 16 + 2, assigned=14, singles=2, free_singles=2, prefixes=2,
+           free_prefixes=1), 1, False, 34 + 5, 4, 2, 1, 16),
+    ("falling back (asked for prefixes, unit 1): prefixes stay the node's own",
+     usage(free=2 + 16 + 2, assigned=14, singles=2, free_singles=2, prefixes=2,
+           free_prefixes=1), 1, True, 34 + 5, 20, 2, 0, 0),
+]
+
+
+@pytest.mark.parametrize("name,held,unit,prefix_delegation,capacity,free,giveable,strays,"
+                         "stray_free", COUNT_CASES, ids=[c[0] for c in COUNT_CASES])
+def test_eni_counts_by_mode(name, held, unit, prefix_delegation, capacity, free, giveable,
+                            strays, stray_free):
+    from ipam_daemon.policy import eni_counts
+    counts = eni_counts("eni-p", held, Limits(3, 10, unit), prefix_delegation=prefix_delegation,
+                        is_primary=True, age=5.0)
+    assert (counts.capacity, counts.free, counts.giveable, counts.strays, counts.stray_free) \
+        == (capacity, free, giveable, strays, stray_free)
+    assert counts.total == held.total and counts.room == capacity - held.total
+    assert (counts.eni_id, counts.is_primary, counts.age_seconds) == ("eni-p", True, 5.0)
