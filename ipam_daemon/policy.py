@@ -26,6 +26,8 @@ Hysteresis (tuned on ``bench.pool_efficiency``'s churn trace, seeds 1-3; see its
   the peak demand of the last ``eni_min_age`` seconds plus the warm addresses and the
   headroom (``Demand.peak``, measured by the loop): deleting the second ENI as soon as
   the first covered the warm target made it come and go around 8 pods (46% of the calls).
+- prefixes (``Limits.unit`` 16): during a burst growth asks for as many addresses again as
+  the rise (``Demand.rise``), rounded up to prefixes, in one call.
 - bursts: while the assigned count has risen by ``surge_rise`` within ``RISE_WINDOW``
   (``Demand.rise``), ``surge_ips`` more addresses are kept warm, so two borrows during one
   refill call do not find the pool empty.
@@ -276,7 +278,7 @@ def decide(enis: tuple[EniCounts, ...], targets: Targets, limits: Limits,
     peak = max(demand.peak if demand else 0, t.assigned)
     short = shortfall(t, targets, limits, demand)
     if short:
-        return _grow(enis, t, short, targets, limits)
+        return _grow(enis, t, short, targets, limits, demand)
     strays = max(enis, key=lambda e: e.strays, default=None)
     if strays is not None and strays.strays:
         return Action(Kind.RETIRE, strays.strays, strays.eni_id,
@@ -301,8 +303,15 @@ def _eni_ahead(enis, t: Totals, targets: Targets, limits: Limits,
                   f" room) < warm + headroom {want}: next ENI ahead, empty")
 
 
-def _grow(enis, t: Totals, short: int, targets: Targets, limits: Limits) -> Action:
+def _grow(enis, t: Totals, short: int, targets: Targets, limits: Limits,
+          demand: Demand | None = None) -> Action:
     unit = limits.unit
+    if unit > 1 and demand is not None and targets.surge_rise \
+            and demand.rise >= targets.surge_rise:
+        # prefixes in a burst: as many again as arrived lately, in one call (a /28 per
+        # call made a 100-pod burst wait through 7 calls in turn; what is over goes back
+        # whole once the burst is over)
+        short = max(short, demand.rise)
     if targets.max_ips:
         room_total = (targets.max_ips - t.total) // unit * unit  # whole slots under it
         if room_total <= 0:

@@ -60,13 +60,15 @@ def address_of(body: dict) -> str:
 
 def test_an_m5_large_runs_110_pods_on_its_primary_eni_alone(emulator, control, start_agent):
     """9 free slots x 16 = 144 addresses on the primary ENI: 110 pods take 7 prefixes (110
-    + 2 warm = 112 = 7 x 16), or 8 when the burst's surge (one more warm) and the borrows
-    waiting during a refill asked for the next one; the agent never creates an ENI."""
+    + 2 warm = 112 = 7 x 16), or 8 when the burst's surge (one more warm) asks for the
+    next one; the agent never creates an ENI, even while the burst holds all 9 slots."""
     world = make_world(emulator, instance_type="m5.large")
     agent = start_agent(world, **PREFIX)
     ips = attach_all(agent, [f"p{i}" for i in range(110)])
     assert len(set(ips)) == 110
-    wait_for(lambda: agent.pool()["available"] >= 2, 10, "the warm addresses")
+    # a burst may take more (as many again as arrived lately); what is over goes back whole
+    wait_for(lambda: agent.pool()["available"] >= 2 and len(our_enis(emulator, world)[0].prefixes)
+             <= 8, 20, "the warm addresses, and the burst's extra prefixes back")
     enis = our_enis(emulator, world)
     assert len(enis) == 1 and enis[0].secondary_ips == ()
     held = len(enis[0].prefixes)

@@ -362,3 +362,16 @@ def test_eni_counts_by_mode(name, held, unit, prefix_delegation, capacity, free,
         == (capacity, free, giveable, strays, stray_free)
     assert counts.total == held.total and counts.room == capacity - held.total
     assert (counts.eni_id, counts.is_primary, counts.age_seconds) == ("eni-p", True, 5.0)
+
+
+def test_a_burst_asks_for_as_many_prefixes_again_as_arrived():
+    """Prefixes in a burst: a rise of 40 pods in the window asks for 40 more addresses,
+    3 prefixes in one call; the same rise with single addresses keeps the batch rule."""
+    enis = (pfx(P, 3, assigned=47, primary=True),)
+    burst = decide(enis, Targets(warm_ips=2), M5L_PREFIXES, Demand(peak=47, rise=40))
+    assert (burst.kind, burst.count) == (Kind.ASSIGN, 3)
+    calm = decide(enis, Targets(warm_ips=2), M5L_PREFIXES, Demand(peak=47, rise=2))
+    assert (calm.kind, calm.count) == (Kind.ASSIGN, 1)
+    singles = decide((eni(P, free=1, assigned=3, primary=True),), Targets(warm_ips=2), M5L,
+                     Demand(peak=3, rise=40))
+    assert (singles.kind, singles.count) == (Kind.ASSIGN, 4)  # short 2 + surge 1 -> batch 4
