@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ipam_daemon.store import prefix_addresses
 from lab.ec2.addresses import usable_range
 from lab.fabric_plan import name_router_link
 from lab.harness import Cluster, LabNode, Pod
@@ -138,12 +139,19 @@ def eni_of_pod(cluster: Cluster, pod: Pod) -> str:
     return next(p["eni"] for p in agent_pods(cluster, pod.node) if p["ip"] == pod.ip)
 
 
+def held_addresses(eni: dict[str, Any]) -> list[str]:
+    """What one ENI of the cloud's snapshot holds: its own and secondary addresses, and
+    each address inside its delegated /28 prefixes."""
+    return list(eni["ips"]) + [ip for prefix in eni["prefixes"] for ip in prefix_addresses(prefix)]
+
+
 def cloud_holders(cluster: Cluster) -> dict[str, list[tuple[str, str | None]]]:
-    """Every IP in the cloud -> [(ENI id, instance id)] (more than one entry is a bug)."""
+    """Every IP in the cloud, an address inside a prefix included -> [(ENI id, instance
+    id)] (more than one entry is a bug)."""
     assert cluster.cloud is not None
     holders: dict[str, list[tuple[str, str | None]]] = {}
     for eni in cluster.cloud.snapshot()["enis"]:
-        for ip in eni["ips"]:
+        for ip in held_addresses(eni):
             holders.setdefault(ip, []).append((eni["id"], eni["instance_id"]))
     return holders
 
@@ -157,7 +165,8 @@ def free_in_subnet(cluster: Cluster, subnet_id: str) -> list[str]:
     assert cluster.cloud is not None
     snapshot = cluster.cloud.snapshot()
     cidr = next(s["cidr"] for s in snapshot["subnets"] if s["id"] == subnet_id)
-    used = {ip for eni in snapshot["enis"] if eni["subnet_id"] == subnet_id for ip in eni["ips"]}
+    used = {ip for eni in snapshot["enis"] if eni["subnet_id"] == subnet_id
+            for ip in held_addresses(eni)}
     used |= {i["private_ip"] for i in snapshot["instances"]
              if i["subnet_id"] == subnet_id and i["state"] != "terminated"}
     return [str(ipaddress.IPv4Address(a)) for a in usable_range(cidr)
