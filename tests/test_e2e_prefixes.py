@@ -11,6 +11,9 @@ whole to the ENI holding it and checks every address inside it (source/destinati
 - 200 pods churn on 2 m5.large nodes: no address held twice, each pod's address in exactly
   one prefix of its own node, nothing left afterwards, and the idle prefixes go back to
   what the warm target needs.
+
+``--emulator-rules-off prefix-blocks`` lets the emulated EC2 delegate /28s that hold taken
+addresses: the duplicate checks here then fail (see conftest.py).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from cloud.types import InstanceId
 from ipam_daemon.policy import Limits, Targets, Totals, surplus
 from ipam_daemon.store import prefix_addresses
 from lab.ec2.limits import limits_for
+from lab.ec2.settings import EmulatorSettings
 from lab.ec2.world import make_setup_client
 from lab.harness import Cluster, LabNode, Pod
 from lab.node_io import wait_until
@@ -101,8 +105,9 @@ def check_in_own_prefix(cluster: Cluster, live: Sequence[Pod]) -> dict[str, int]
 # ---- 3 small nodes: pods on the primary and the secondary ENI's prefixes ------------------
 
 @pytest.fixture(scope="module")
-def small_cluster() -> Iterator[Cluster]:
-    with Cluster(nodes=3, instance_type=SMALL_TYPE, vpc_cidr=VPC_CIDR) as made:
+def small_cluster(emulator_rules_off: frozenset[str]) -> Iterator[Cluster]:
+    with Cluster(nodes=3, instance_type=SMALL_TYPE, vpc_cidr=VPC_CIDR,
+                 settings=EmulatorSettings(rules_off=emulator_rules_off)) as made:
         limits = limits_for(SMALL_TYPE)
         assert (limits.max_enis, limits.ips_per_eni) == (2, 2)  # one /28 slot per ENI
         for node in made.nodes:
@@ -230,14 +235,16 @@ def settled_prefix_count(peak: int, instance_type: str) -> int:
     return held // limits.unit
 
 
-def test_two_hundred_pods_churn_and_the_idle_prefixes_go_back() -> None:
+def test_two_hundred_pods_churn_and_the_idle_prefixes_go_back(
+        emulator_rules_off: frozenset[str]) -> None:
     """200 pods (100 a node) come in parallel batches of 10, then half of them go while as
     many new ones come, then all go. Throughout: no address on two pods or two ENIs; at
     each count every pod's address lies in exactly one /28 of its own node. Afterwards
     nothing is left on the nodes, and each node's prefixes fall from their peak (at least
     the 7 that 100 pods need) to the one /28 that warm_ips 2 and batch_size 4 keep."""
     rng = random.Random(11)
-    with Cluster(nodes=2, instance_type=CHURN_TYPE, vpc_cidr=VPC_CIDR) as cluster:
+    with Cluster(nodes=2, instance_type=CHURN_TYPE, vpc_cidr=VPC_CIDR,
+                 settings=EmulatorSettings(rules_off=emulator_rules_off)) as cluster:
         for node in cluster.nodes:
             cluster.run_agent(node, PREFIX_AGENT)
         assert wait_until(lambda: all(agent_pool(cluster, n)["available"] >= 2
