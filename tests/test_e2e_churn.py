@@ -15,10 +15,10 @@ from lab.node_io import wait_until
 from test_e2e_vpc_tools import (
     DuplicateWatch,
     agent_pool,
+    check_agents_match_cloud,
     check_no_duplicates,
     check_no_pod_left,
     check_nodes_restored,
-    cloud_holders,
     node_state,
     run_batches,
     unreachable_from,
@@ -97,11 +97,4 @@ def test_fifty_pods_churn_across_three_nodes() -> None:
         # it starts giving it back; its link goes when the detach is done and the fabric
         # has followed it)
         check_nodes_restored(cluster, before)
-        held = {ip: h for ip, h in cloud_holders(cluster).items()}
-        for node in cluster.nodes:
-            status, enis = cluster.agent_get(node, "/v1/enis")
-            assert status == 200
-            for eni in enis:
-                agent_ips = {a["ip"] for a in eni["addresses"]} | {eni["primary_ip"]}
-                cloud_ips = {ip for ip, h in held.items() if h[0][0] == eni["id"]}
-                assert agent_ips == cloud_ips, (node.name, eni["id"])
+        check_agents_match_cloud(cluster)

@@ -286,3 +286,19 @@ def check_nodes_restored(cluster: Cluster, before: dict[str, dict[str, set[str]]
     wait_until(restored, timeout, step=0.5)
     for node in cluster.nodes:
         assert state_diff(before[node.name], node_state(cluster, node)) == {}, node.name
+
+
+def check_agents_match_cloud(cluster: Cluster) -> dict[str, set[str]]:
+    """Each agent's ENIs hold exactly the addresses the cloud says they hold (the ENI's own,
+    secondary ones, those inside its prefixes); returns them by ENI id."""
+    holders = cloud_holders(cluster)
+    held: dict[str, set[str]] = {}
+    for node in cluster.nodes:
+        status, enis = cluster.agent_get(node, "/v1/enis")
+        assert status == 200
+        for eni in enis:
+            agent_ips = {a["ip"] for a in eni["addresses"]} | {eni["primary_ip"]}
+            cloud_ips = {ip for ip, h in holders.items() if h[0][0] == eni["id"]}
+            assert agent_ips == cloud_ips, (node.name, eni["id"])
+            held[eni["id"]] = agent_ips
+    return held
