@@ -266,8 +266,11 @@ class DuplicateWatch:
 
 def check_no_pod_left(cluster: Cluster) -> None:
     """After the last DEL: no allocation in any agent, no pod link, rule or route on any
-    node, no pod namespace of the run."""
+    node, no pod namespace of the run. Each DEL hands its host veth to the agent's reaper
+    and returns: the reaper is given its moment (a burst of DELs takes it longer) and must
+    have deleted them all."""
     for node in cluster.nodes:
+        cluster.wait_reaped(node)
         assert agent_pods(cluster, node) == [], node.name
         assert node_leftovers(cluster, node) == {}, node.name
     pod_netns = [n for n in os.listdir(cleanup.NETNS_DIR) if n.startswith(f"{cluster.prefix}-p")]
