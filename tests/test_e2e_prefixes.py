@@ -274,14 +274,16 @@ def test_two_hundred_pods_churn_and_the_idle_prefixes_go_back(
         assert len(live) == CHURN_PODS
         check_no_duplicates(cluster, live)
         after_churn = check_in_own_prefix(cluster, live)
-        peak = {name: max(peak[name], after_churn[name]) for name in peak}
+        peak = {name: max(peak[name], after_churn[name]) for name in peak}  # most seen
         for w in (watch, churn_watch):  # it really looked, many times, while pods churned
             assert w.polls >= 5 and w.seen == [], (w.polls, w.seen)
 
         run_batches(cluster.del_pod, live)
         check_no_pod_left(cluster)
         expected = settled_prefix_count(max(peak.values()), CHURN_TYPE)
-        assert expected == 1  # 2 idle /28s are 32 > warm 2 + batch 4 + 16: one goes back
+        # 2 idle /28s lie 30 above warm 2, at least batch 4 + one /28: one goes back;
+        # 1 lies 14 above: it stays
+        assert expected == 1
 
         def prefixes_back() -> bool:
             held = check_in_own_prefix(cluster, [])
