@@ -5,26 +5,22 @@ the last delete nothing is left: no pod links, rules, routes, allocations or nam
 Part of `make test` (about a minute); kept lean: one pinger pod per node."""
 from __future__ import annotations
 
-import os
 import random
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
-from lab import cleanup
 from lab.harness import Cluster, Pod
 from lab.node_io import wait_until
 from test_e2e_vpc_tools import (
-    agent_pods,
+    DuplicateWatch,
     agent_pool,
-    cloud_holders,
-    duplicates,
-    node_leftovers,
+    check_agents_match_cloud,
+    check_no_duplicates,
+    check_no_pod_left,
+    check_nodes_restored,
     node_state,
-    state_diff,
+    run_batches,
     unreachable_from,
 )
 
@@ -33,28 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 VPC_CIDR = "10.0.0.0/16"
 # the harness's fast intervals; SNAT on with the VPC excluded; the default hysteresis band
 AGENT = {"warm_ips": 2, "batch_size": 4, "vpc_cidrs": [VPC_CIDR]}
-THREADS = 10
 TOTAL = 50
-
-
-def run_batches(work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    """``work`` over ``items`` in batches of THREADS parallel calls; errors propagate."""
-    results = []
-    with ThreadPoolExecutor(max_workers=THREADS) as pool:
-        for start in range(0, len(items), THREADS):
-            results += list(pool.map(work, items[start:start + THREADS]))
-    return results
-
-
-def check_no_duplicates(cluster: Cluster, live: Sequence[Pod]) -> None:
-    listed = [p["ip"] for node in cluster.nodes for p in agent_pods(cluster, node)]
-    assert not duplicates(listed), f"agents hand out an IP twice: {duplicates(listed)}"
-    assert sorted(listed) == sorted(p.ip for p in live)
-    holders = cloud_holders(cluster)
-    twice = {ip: h for ip, h in holders.items() if len(h) > 1}
-    assert not twice, f"the cloud has IPs on two ENIs: {twice}"
-    for pod in live:  # each pod's address is the cloud's, on an ENI of the pod's node
-        assert holders[pod.ip][0][1] == pod.node.instance_id, (pod.name, holders.get(pod.ip))
 
 
 def check_all_reachable(cluster: Cluster, live: Sequence[Pod], pingers: dict[str, Pod]) -> None:
@@ -64,40 +39,9 @@ def check_all_reachable(cluster: Cluster, live: Sequence[Pod], pingers: dict[str
         assert not missing, f"from {name} ({pinger.ip}) these pods do not answer: {missing}"
 
 
-class DuplicateWatch:
-    """Polls every agent's /v1/pods and the cloud while pods churn: an IP never appears on
-    two pods, nor on two ENIs. Polls back to back; stopped by an event."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.polls = 0
-        self.seen: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dup-watch", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            listed = [p["ip"] for node in self.cluster.nodes
-                      for p in agent_pods(self.cluster, node)]
-            twice = {ip: h for ip, h in cloud_holders(self.cluster).items() if len(h) > 1}
-            if duplicates(listed) or twice:
-                self.seen.append(f"agents {duplicates(listed)} cloud {twice}")
-            self.polls += 1
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> DuplicateWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 def test_fifty_pods_churn_across_three_nodes() -> None:
     rng = random.Random(5)
     with Cluster(nodes=3, vpc_cidr=VPC_CIDR) as cluster:
-        prefix = cluster.prefix
         for node in cluster.nodes:
             cluster.run_agent(node, AGENT)
         # settled pools first (warm addresses on the primary ENI), then each node's state
@@ -138,11 +82,7 @@ def test_fifty_pods_churn_across_three_nodes() -> None:
         check_all_reachable(cluster, live, pingers)
 
         run_batches(cluster.del_pod, live)
-        for node in cluster.nodes:
-            assert agent_pods(cluster, node) == []
-            assert node_leftovers(cluster, node) == {}, node.name
-        pod_netns = [n for n in os.listdir(cleanup.NETNS_DIR) if n.startswith(f"{prefix}-p")]
-        assert pod_netns == []
+        check_no_pod_left(cluster)
 
         # the pools drain back to the band, idle secondary ENIs go, cloud and agents agree
         def settled() -> bool:
@@ -153,22 +93,8 @@ def test_fifty_pods_churn_across_three_nodes() -> None:
 
         assert wait_until(settled, 60.0, step=0.5), [agent_pool(cluster, n)
                                                     for n in cluster.nodes]
-        # every link, rule, route (all tables) and iptables rule pods and secondary ENIs
-        # added is gone again: each node is as it was before the first pod (the pool stops
-        # counting an ENI when it starts giving it back; its link goes when the detach is
-        # done and the fabric has followed it)
-        def restored() -> bool:
-            return all(state_diff(before[n.name], node_state(cluster, n)) == {}
-                       for n in cluster.nodes)
-
-        wait_until(restored, 30.0, step=0.5)
-        for node in cluster.nodes:
-            assert state_diff(before[node.name], node_state(cluster, node)) == {}, node.name
-        held = {ip: h for ip, h in cloud_holders(cluster).items()}
-        for node in cluster.nodes:
-            status, enis = cluster.agent_get(node, "/v1/enis")
-            assert status == 200
-            for eni in enis:
-                agent_ips = {a["ip"] for a in eni["addresses"]} | {eni["primary_ip"]}
-                cloud_ips = {ip for ip, h in held.items() if h[0][0] == eni["id"]}
-                assert agent_ips == cloud_ips, (node.name, eni["id"])
+        # each node is as it was before the first pod (the pool stops counting an ENI when
+        # it starts giving it back; its link goes when the detach is done and the fabric
+        # has followed it)
+        check_nodes_restored(cluster, before)
+        check_agents_match_cloud(cluster)

@@ -1,15 +1,21 @@
 """Shared checks for the end-to-end VPC tests (no tests here): ping and a TCP echo between
-pod namespaces, router-link counters, and what the cloud and the agents say they hold."""
+pod namespaces, router-link counters, what the cloud and the agents say they hold, and the
+churn tests' parallel batches, duplicate watch and leftover checks."""
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
+import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ipam_daemon.store import prefix_addresses
+from lab import cleanup
 from lab.ec2.addresses import usable_range
 from lab.fabric_plan import name_router_link
 from lab.harness import Cluster, LabNode, Pod
@@ -17,6 +23,7 @@ from lab.node_io import wait_until
 
 PYTHON = sys.executable
 TCP_PORT = 7001
+THREADS = 10  # parallel libcni calls per batch in the churn tests
 _EXCHANGE_TIMEOUT = 20.0
 
 # One-shot echo server: binds the pod's address, echoes one connection until EOF.
@@ -138,12 +145,19 @@ def eni_of_pod(cluster: Cluster, pod: Pod) -> str:
     return next(p["eni"] for p in agent_pods(cluster, pod.node) if p["ip"] == pod.ip)
 
 
+def held_addresses(eni: dict[str, Any]) -> list[str]:
+    """What one ENI of the cloud's snapshot holds: its own and secondary addresses, and
+    each address inside its delegated /28 prefixes."""
+    return list(eni["ips"]) + [ip for prefix in eni["prefixes"] for ip in prefix_addresses(prefix)]
+
+
 def cloud_holders(cluster: Cluster) -> dict[str, list[tuple[str, str | None]]]:
-    """Every IP in the cloud -> [(ENI id, instance id)] (more than one entry is a bug)."""
+    """Every IP in the cloud, an address inside a prefix included -> [(ENI id, instance
+    id)] (more than one entry is a bug)."""
     assert cluster.cloud is not None
     holders: dict[str, list[tuple[str, str | None]]] = {}
     for eni in cluster.cloud.snapshot()["enis"]:
-        for ip in eni["ips"]:
+        for ip in held_addresses(eni):
             holders.setdefault(ip, []).append((eni["id"], eni["instance_id"]))
     return holders
 
@@ -157,7 +171,8 @@ def free_in_subnet(cluster: Cluster, subnet_id: str) -> list[str]:
     assert cluster.cloud is not None
     snapshot = cluster.cloud.snapshot()
     cidr = next(s["cidr"] for s in snapshot["subnets"] if s["id"] == subnet_id)
-    used = {ip for eni in snapshot["enis"] if eni["subnet_id"] == subnet_id for ip in eni["ips"]}
+    used = {ip for eni in snapshot["enis"] if eni["subnet_id"] == subnet_id
+            for ip in held_addresses(eni)}
     used |= {i["private_ip"] for i in snapshot["instances"]
              if i["subnet_id"] == subnet_id and i["state"] != "terminated"}
     return [str(ipaddress.IPv4Address(a)) for a in usable_range(cidr)
@@ -195,3 +210,98 @@ def node_state(cluster: Cluster, node: LabNode) -> dict[str, set[str]]:
 def state_diff(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, Any]:
     return {k: {"added": sorted(after[k] - before[k]), "removed": sorted(before[k] - after[k])}
             for k in before if after[k] != before[k]}
+
+
+def run_batches(work: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``work`` over ``items`` in batches of THREADS parallel calls; errors propagate."""
+    results = []
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        for start in range(0, len(items), THREADS):
+            results += list(pool.map(work, items[start:start + THREADS]))
+    return results
+
+
+def check_no_duplicates(cluster: Cluster, live: Sequence[Pod]) -> None:
+    """The agents list exactly the live pods' IPs, none twice; the cloud holds no address
+    on two ENIs; each pod's address is held by an ENI of the pod's own node."""
+    listed = [p["ip"] for node in cluster.nodes for p in agent_pods(cluster, node)]
+    assert not duplicates(listed), f"agents hand out an IP twice: {duplicates(listed)}"
+    assert sorted(listed) == sorted(p.ip for p in live)
+    holders = cloud_holders(cluster)
+    twice = {ip: h for ip, h in holders.items() if len(h) > 1}
+    assert not twice, f"the cloud has IPs on two ENIs: {twice}"
+    for pod in live:  # each pod's address is the cloud's, on an ENI of the pod's node
+        assert holders[pod.ip][0][1] == pod.node.instance_id, (pod.name, holders.get(pod.ip))
+
+
+class DuplicateWatch:
+    """Polls every agent's /v1/pods and the cloud while pods churn: an IP never appears on
+    two pods, nor on two ENIs. Polls back to back; stopped by an event."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.polls = 0
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dup-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            listed = [p["ip"] for node in self.cluster.nodes
+                      for p in agent_pods(self.cluster, node)]
+            twice = {ip: h for ip, h in cloud_holders(self.cluster).items() if len(h) > 1}
+            if duplicates(listed) or twice:
+                self.seen.append(f"agents {duplicates(listed)} cloud {twice}")
+            self.polls += 1
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> DuplicateWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def check_no_pod_left(cluster: Cluster) -> None:
+    """After the last DEL: no allocation in any agent, no pod link, rule or route on any
+    node, no pod namespace of the run. Each DEL hands its host veth to the agent's reaper
+    and returns: the reaper is given its moment (a burst of DELs takes it longer) and must
+    have deleted them all."""
+    for node in cluster.nodes:
+        cluster.wait_reaped(node)
+        assert agent_pods(cluster, node) == [], node.name
+        assert node_leftovers(cluster, node) == {}, node.name
+    pod_netns = [n for n in os.listdir(cleanup.NETNS_DIR) if n.startswith(f"{cluster.prefix}-p")]
+    assert pod_netns == []
+
+
+def check_nodes_restored(cluster: Cluster, before: dict[str, dict[str, set[str]]],
+                         timeout: float = 30.0) -> None:
+    """Every link, rule, route (all tables) and iptables rule that pods and secondary ENIs
+    added is gone again: each node is as ``before`` (its node_state before the first pod).
+    Waited for: a detached ENI's link goes once the fabric has followed the cloud."""
+    def restored() -> bool:
+        return all(state_diff(before[n.name], node_state(cluster, n)) == {}
+                   for n in cluster.nodes)
+
+    wait_until(restored, timeout, step=0.5)
+    for node in cluster.nodes:
+        assert state_diff(before[node.name], node_state(cluster, node)) == {}, node.name
+
+
+def check_agents_match_cloud(cluster: Cluster) -> dict[str, set[str]]:
+    """Each agent's ENIs hold exactly the addresses the cloud says they hold (the ENI's own,
+    secondary ones, those inside its prefixes); returns them by ENI id."""
+    holders = cloud_holders(cluster)
+    held: dict[str, set[str]] = {}
+    for node in cluster.nodes:
+        status, enis = cluster.agent_get(node, "/v1/enis")
+        assert status == 200
+        for eni in enis:
+            agent_ips = {a["ip"] for a in eni["addresses"]} | {eni["primary_ip"]}
+            cloud_ips = {ip for ip, h in holders.items() if h[0][0] == eni["id"]}
+            assert agent_ips == cloud_ips, (node.name, eni["id"])
+            held[eni["id"]] = agent_ips
+    return held
