@@ -21,7 +21,7 @@ from cni.datapath import EniLink
 from cni.datapath.base import Datapath
 
 from ipam_daemon.cloud_node import CloudNode
-from ipam_daemon.store import EniRecord, EniView, Store
+from ipam_daemon.store import EniRecord, EniView, Store, prefix_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ def reconcile_enis(cloud: Cloud, store: Store, node: CloudNode, subnets: SubnetC
     adopted = tuple(v.record.id for v in view if v.record.id not in known)
     for v in view:
         datapath.ensure_eni(eni_link(v.record, mtu))
-    hold_foreign_addresses(store, datapath, {ip for v in view for ip in v.ips}, cooldown)
+    held = {ip for v in view for ip in v.ips}
+    held.update(ip for v in view for prefix in v.prefixes for ip in prefix_addresses(prefix))
+    hold_foreign_addresses(store, datapath, held, cooldown)  # a prefix's addresses too
     if adopted:
         logger.info("reconcile: adopted ENIs %s", ", ".join(adopted))
     return ReconcileReport(len(view), sum(len(v.ips) for v in view), adopted,

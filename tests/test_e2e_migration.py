@@ -9,9 +9,15 @@ the agent starts, the installer writes ``05-underlay.conflist`` into the node's
 ``/etc/cni/net.d``, which sorts first, so the runtime (the harness takes the first file,
 as libcni's ConfFiles and containerd do) now calls underlay. The old pods keep working;
 new pods get underlay addresses, never an address an old pod still uses; a recreated old
-pod gets an underlay address, and the address it had returns to the pool."""
+pod gets an underlay address, and the address it had returns to the pool.
+
+The same move from aws-cni in prefix mode (ENABLE_PREFIX_DELEGATION): the old pods hold
+addresses inside a /28 delegated to the primary ENI, and underlay starts with
+``prefix_delegation`` on: it adopts the prefix and hands out its other addresses, never the
+old pods' ones."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 
@@ -42,7 +48,20 @@ def ping(cluster: Cluster, pod, ip: str) -> bool:
     return cluster.exec_in(pod, ["busybox", "ping", "-c1", "-W2", ip], check=False).returncode == 0
 
 
-def test_node_moves_from_aws_cni_to_underlay(tmp_path):
+def foreign_addresses(ec2, eni_id: str, prefixes: bool) -> list[str]:
+    """Two addresses aws-node's ipamd gave the primary ENI: secondary addresses, or the
+    first two of a delegated /28."""
+    if prefixes:
+        answer = ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, Ipv4PrefixCount=1)
+        prefix = answer["AssignedIpv4Prefixes"][0]["Ipv4Prefix"]
+        return [str(ip) for ip in list(ipaddress.IPv4Network(prefix))[:2]]
+    answer = ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id,
+                                             SecondaryPrivateIpAddressCount=2)
+    return sorted((a["PrivateIpAddress"] for a in answer["AssignedPrivateIpAddresses"]), key=_key)
+
+
+@pytest.mark.parametrize("prefixes", [False, True], ids=["secondary-addresses", "prefixes"])
+def test_node_moves_from_aws_cni_to_underlay(tmp_path, prefixes):
     with Cluster(nodes=2, subnet_cidrs=("10.0.0.0/24",)) as cluster:
         node, peer = cluster.nodes
         cluster.run_agent(peer)
@@ -50,10 +69,7 @@ def test_node_moves_from_aws_cni_to_underlay(tmp_path):
 
         # before: node 0 runs "aws-cni"; its pods hold secondary addresses of the primary ENI
         ec2 = make_setup_client(cluster.cloud.endpoint, cluster.cloud.region)
-        assigned = ec2.assign_private_ip_addresses(
-            NetworkInterfaceId=node.primary_eni_id, SecondaryPrivateIpAddressCount=2)
-        old_ips = sorted((a["PrivateIpAddress"] for a in assigned["AssignedPrivateIpAddresses"]),
-                         key=_key)
+        old_ips = foreign_addresses(ec2, node.primary_eni_id, prefixes)
         host = node.workdir / "host"
         net_d = host / "etc/cni/net.d"
         net_d.mkdir(parents=True)
@@ -67,7 +83,7 @@ def test_node_moves_from_aws_cni_to_underlay(tmp_path):
         assert wait_until(lambda: ping(cluster, old[0], target.ip), 10)
 
         # the switch: the agent, then our conflist, which sorts before 10-aws.conflist
-        cluster.run_agent(node, {"warm_ips": 3})
+        cluster.run_agent(node, {"warm_ips": 3, "prefix_delegation": prefixes})
         done = cluster.exec_in(node, [
             sys.executable, "-m", "ipam_daemon.installer", "--host-root", str(host), "install",
             "--conflist-only", "--conflist-template", template,
