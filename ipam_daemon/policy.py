@@ -39,11 +39,12 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
+from cloud.types import PREFIX_LEN
 from ipam_daemon.schema import knob
 
 logger = logging.getLogger(__name__)
 
-PREFIX_SIZE = 16  # addresses of a delegated /28 (one ENI address slot)
+PREFIX_SIZE = 2 ** (32 - PREFIX_LEN)  # addresses of a delegated /28 (one ENI address slot)
 
 
 class Kind(str, Enum):

@@ -51,7 +51,7 @@ from ipam_daemon.reconcile import (
     SubnetCache, collect_leaked_enis, eni_link, eni_record, reconcile_enis,
 )
 from ipam_daemon.stepper import Chore, Failure, Gate, Intervals, PoolStepper
-from ipam_daemon.store import EniUsage, Store
+from ipam_daemon.store import Store
 from cni.datapath.base import Datapath
 
 logger = logging.getLogger(__name__)
@@ -105,11 +105,10 @@ class Pool:
         self.metrics = metrics
         self.subnets = SubnetCache(cloud)
         self.targets = config.pool
-        self.prefixes = config.prefix_delegation  # the mode the node is asked to run in
         self._fallback_retry = math.inf  # in fallback: when to try a prefix again
         self.notice: Blocked | None = None  # a condition worth an event that blocks nothing
         self.limits = Limits(node.limits.max_enis, node.limits.ips_per_eni,
-                             PREFIX_SIZE if self.prefixes else 1)
+                             PREFIX_SIZE if config.prefix_delegation else 1)
         self.stepper = PoolStepper(self.targets, self.limits, Intervals.from_config(config))
         self.reconciled = threading.Event()
         self._clock = clock
@@ -123,7 +122,6 @@ class Pool:
         self._thread: threading.Thread | None = None
         self._waiting = 0  # borrows waiting for an address (see waiting_borrow)
         self._waiting_lock = threading.Lock()
-        self._unsupported = False  # prefix mode on a type that cannot hold prefixes
         self._check_prefix_support()
 
     # ---- what borrowers see -------------------------------------------------------------
@@ -223,13 +221,11 @@ class Pool:
 
     def counts(self) -> tuple[EniCounts, ...]:
         now = self._clock()
-        return tuple(self._counts_of(u, max(now - u.eni.created_at, 0.0))
+        return tuple(eni_counts(u.eni.id, u, self.limits,
+                                prefix_delegation=self.config.prefix_delegation,
+                                is_primary=u.eni.is_primary,
+                                age=max(now - u.eni.created_at, 0.0))
                      for u in self.store.usage() if not u.eni.deleting)
-
-    def _counts_of(self, u: EniUsage, age: float) -> EniCounts:
-        """One ENI as the policy sees it in the mode the loop runs in (``limits.unit``)."""
-        return eni_counts(u.eni.id, u, self.limits, prefix_delegation=self.prefixes,
-                          is_primary=u.eni.is_primary, age=age)
 
     def step(self) -> bool:
         """Do at most one thing; True when something was done (look again at once)."""
@@ -282,6 +278,12 @@ class Pool:
             self._set_blocked(None)
 
     @property
+    def _unsupported(self) -> bool:
+        """Prefix mode on a type that cannot hold prefixes, with no fallback."""
+        return (self.config.prefix_delegation and not self.node.limits.nitro
+                and not self.config.prefix_fallback)
+
+    @property
     def in_prefixes(self) -> bool:
         """Whether the loop hands out prefixes now (not falling back)."""
         return self.limits.unit == PREFIX_SIZE
@@ -328,7 +330,7 @@ class Pool:
     def _check_prefix_support(self) -> None:
         """At start in prefix mode: an instance type that is not Nitro cannot hold
         prefixes; the loop blocks with that reason, or falls back to secondary addresses."""
-        if not self.prefixes or self.node.limits.nitro:
+        if not self.config.prefix_delegation or self.node.limits.nitro:
             return
         limits = self.node.limits
         detail = (f"{limits.instance_type} is not built on the Nitro system"
@@ -341,13 +343,15 @@ class Pool:
                 Code.PREFIXES_UNSUPPORTED).message(
                 f"{detail}. Turn prefix_delegation off for this node (a per-node override)"
                 " or prefix_fallback on")))
-            self._unsupported = True
+
+    def _set_unit(self, unit: int) -> None:
+        self.limits = replace(self.limits, unit=unit)
+        self.stepper.limits = self.limits
 
     def _fall_back(self, code: Code, detail: str, *, retry: bool = True) -> None:
         """Hand out secondary addresses instead of prefixes; try a prefix again once per
         ``subnet_full_backoff`` when growing (never, on a type that cannot hold one)."""
-        self.limits = replace(self.limits, unit=1)
-        self.stepper.limits = self.limits
+        self._set_unit(1)
         self._fallback_retry = (self._monotonic() + self.config.subnet_full_backoff
                                 if retry else math.inf)
         self.notice = Blocked(code, kind_of(code).message(
@@ -355,36 +359,36 @@ class Pool:
         logger.warning("pool: %s", self.notice.message)
         self._notify()
 
-    def _back_to_prefixes(self) -> None:
-        self.limits = replace(self.limits, unit=PREFIX_SIZE)
-        self.stepper.limits = self.limits
-        self._fallback_retry = math.inf
-        self.notice = None
-        logger.info("pool: the subnet gave a /28 prefix again: back to prefixes")
-
-    def _assign_prefixes(self, eni_id: str, count: int) -> None:
-        """One AssignPrivateIpAddresses for ``count`` prefixes; a fragmented subnet turns
-        the loop to secondary addresses when configured to (the next step grows so)."""
+    @contextlib.contextmanager
+    def _fragmented_falls_back(self) -> Iterator[None]:
+        """A subnet with no free aligned /28 turns the loop to secondary addresses when
+        ``prefix_fallback`` is on (the next step grows so); otherwise the error blocks."""
         try:
-            prefixes = self.cloud.assign_prefixes(EniId(eni_id), count)
+            yield
         except ce.SubnetFragmented as exc:
             if not self.config.prefix_fallback:
                 raise
             self._fall_back(Code.SUBNET_FRAGMENTED, self._subnet_message(exc))
-            return
-        self.store.add_prefixes(eni_id, prefixes)
+
+    def _assign_prefixes(self, eni_id: str, count: int) -> None:
+        """One AssignPrivateIpAddresses for ``count`` prefixes."""
+        with self._fragmented_falls_back():
+            self.store.add_prefixes(eni_id, self.cloud.assign_prefixes(EniId(eni_id), count))
 
     def _retry_prefix(self, eni_id: str) -> bool:
-        """Falling back and growing: once per ``subnet_full_backoff``, one prefix first."""
-        if not self.prefixes or self._monotonic() < self._fallback_retry:
+        """Falling back and growing: once per ``subnet_full_backoff``, one prefix first;
+        when the subnet gives it, back to prefixes."""
+        if not self.config.prefix_delegation or self._monotonic() < self._fallback_retry:
             return False
         try:
-            prefixes = self.cloud.assign_prefixes(EniId(eni_id), 1)
+            self.store.add_prefixes(eni_id, self.cloud.assign_prefixes(EniId(eni_id), 1))
         except ce.SubnetFragmented:
             self._fallback_retry = self._monotonic() + self.config.subnet_full_backoff
             return False
-        self.store.add_prefixes(eni_id, prefixes)
-        self._back_to_prefixes()
+        self._set_unit(PREFIX_SIZE)
+        self._fallback_retry = math.inf
+        self.notice = None
+        logger.info("pool: the subnet gave a /28 prefix again: back to prefixes")
         return True
 
     def _assign(self, eni_id: str, count: int) -> None:
@@ -415,15 +419,13 @@ class Pool:
             logger.info("pool: no ENI ahead: subnet %s cannot spare an address for an empty"
                         " ENI beyond the room on the attached ones", subnet_id)
             return
-        try:
+        eni = None
+        with self._fragmented_falls_back():
             eni = provision_eni(self.cloud, self.node.instance, self.node.limits, subnet_id,
                                 self.node.security_groups, 0 if prefixes else count,
                                 self.node.cluster, self.node.name,
                                 prefix_count=count if prefixes else 0)
-        except ce.SubnetFragmented as exc:
-            if not self.config.prefix_fallback:
-                raise
-            self._fall_back(Code.SUBNET_FRAGMENTED, self._subnet_message(exc))
+        if eni is None:
             return
         known = {e.id: e for e in self.store.enis()}
         record = eni_record(eni, self.node, self.subnets, known, self._clock())
