@@ -226,6 +226,17 @@ class _Handler(BaseHTTPRequestHandler):
         status = {501: 405, 505: 400}.get(code, code)
         self._send(status, {"code": int(cni_code), "msg": msg})
 
+    def parse_request(self) -> bool:
+        """The standard library folds a leading "//" of the path into "/" (an open-redirect
+        guard for web servers), which would let "//v1/detach" release a pod; the agent
+        routes exactly the path on the request line instead."""
+        if not super().parse_request():
+            return False
+        words = self.requestline.split()
+        if len(words) >= 2:
+            self.path = words[1]
+        return True
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         logger.debug("socket: " + format, *args)
 

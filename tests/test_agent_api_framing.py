@@ -45,3 +45,20 @@ def test_framing_errors_are_json_client_errors(agent, data, names):
     error = json.loads(body)
     assert isinstance(error["code"], int) and names in error["msg"], error
     assert AgentClient(agent.config["socket_path"]).get("/v1/pods") == before
+
+
+@pytest.mark.parametrize("path", ["//v1/pods", "///v1/pool", "/v1//pods", "/v1/pods/",
+                                  "//v1/detach"])
+def test_a_path_that_is_nearly_an_endpoint_is_not_one(agent, path):
+    """The standard library folds a leading "//" into "/" (an open-redirect guard for web
+    servers); the agent answers exactly the endpoint asked for, so "//v1/pods" is refused
+    like any other unknown path and names what the client sent."""
+    method = "POST" if path.endswith("detach") else "GET"
+    body = b'{"api": 1, "network": "fuzzapi", "container_id": "keep-a", "ifname": "eth0"}'
+    data = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n".encode()
+    data += (b"Content-Length: %d\r\n\r\n%s" % (len(body), body)) if method == "POST" else b"\r\n"
+    before = AgentClient(agent.config["socket_path"]).get("/v1/pods")
+    head, _, reply = send_raw(agent.config["socket_path"], data).partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == 404, (head, reply[:200])
+    assert f"no such endpoint: {method} {path}" in json.loads(reply)["msg"], reply
+    assert AgentClient(agent.config["socket_path"]).get("/v1/pods") == before
