@@ -10,7 +10,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # The host CNI executable: a static Go program (cni/shim), built offline.
 SHIM := build/underlay
 
-.PHONY: setup test demo bench chaos clean-net shim docs
+.PHONY: setup test demo bench chaos fuzz clean-net shim docs
 
 setup: $(VENV)/.installed .apt-installed $(SHIM)
 
@@ -53,3 +53,7 @@ bench: setup
 
 chaos: setup
 	UNDERLAY_CHAOS=full $(PY) -m pytest -q tests -m chaos
+
+# the property-based suites with fresh random examples (make test replays fixed ones)
+fuzz: setup
+	UNDERLAY_FUZZ=explore $(PY) -m pytest -q tests/test_fuzz_agent_api.py tests/test_fuzz_cni.py

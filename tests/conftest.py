@@ -6,6 +6,14 @@ import os
 import subprocess
 
 import pytest
+from hypothesis import settings
+
+# `make test` (and CI) replays the same property-based examples every run, so a red build
+# is a change's doing and reproducible; `make fuzz` (UNDERLAY_FUZZ=explore) draws fresh
+# random ones, and its failures print the example to pin as a regression test.
+settings.register_profile("replay", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile("explore" if os.environ.get("UNDERLAY_FUZZ") == "explore" else "replay")
 
 
 def _snapshot() -> dict[str, str]:

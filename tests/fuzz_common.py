@@ -3,6 +3,7 @@
 allocations, ``keep-a`` and ``keep-b``, that a wrongly accepted DEL or GC would remove."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,9 @@ from lab.ec2.server import EmulatedCloud
 from cni.spec import Code
 
 SPEC_CODES = {int(c) for c in Code} - {int(Code.AGENT_INTERNAL)}
-FUZZ = settings(max_examples=150, deadline=None,
+# derandomized in `make test` (see conftest.py); `make fuzz` explores many more examples
+EXPLORE = os.environ.get("UNDERLAY_FUZZ") == "explore"
+FUZZ = settings(max_examples=2000 if EXPLORE else 150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 KEPT = ("keep-a", "keep-b")
