@@ -18,11 +18,6 @@ ipamd's documented behaviour and its source (``pkg/ipamd/ipamd.go``,
   cover WARM_IP_TARGET and MINIMUM_IP_TARGET (RemoveUnusedENIFromStore);
 - shrinking frees only addresses that are neither assigned nor cooling (FindFreeableCidrs).
 
-``ipam_daemon.policy.decide_aws`` is the agent's own comparison function; it differs in
-three ways, so the bench uses this one: it creates ENIs full even with a warm IP target,
-its WARM_ENI_TARGET mode counts whole idle ENIs instead of available addresses, and it has
-no separate ENI-removal pass with the warm/minimum checks.
-
 Prefix mode (ENABLE_PREFIX_DELEGATION=true, WARM_PREFIX_TARGET=1 as AWS's manifest sets
 it, WARM_IP_TARGET and MINIMUM_IP_TARGET unset: ``decide_pool_prefix``,
 ``decide_free_eni_prefix``, ``PrefixTargets``): counts in addresses of /28 prefixes, cooling addresses available as

@@ -28,7 +28,8 @@ from lab.ec2.server import EmulatedCloud
 from lab.ec2.settings import EmulatorSettings
 from lab.ec2.world import build_world
 from ipam_daemon.client import AgentClient
-from ipam_daemon.policy import EniCounts, Kind, Limits, Targets, decide, decide_aws
+from bench.aws_policy import decide_pool
+from ipam_daemon.policy import EniCounts, Kind, Limits, Targets, decide
 
 INSTANCE = "m5.24xlarge"  # 15 ENIs x 50 IPs: room for the pods of a long run
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
         limits = Limits(max_enis=15, ips_per_eni=50)
         ours = warmup_calls(decide, Targets(warm_ips=args.warm), limits)
-        aws = warmup_calls(decide_aws, Targets(warm_ips=0, warm_enis=1), limits)
+        aws = warmup_calls(decide_pool, Targets(warm_ips=0, warm_enis=1), limits)
         result = {
             "n": args.n,
             "borrow_ms_median": round(statistics.median(borrow_ms), 3),

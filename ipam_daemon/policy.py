@@ -1,14 +1,8 @@
 """The warm-pool decision as pure functions of counts, targets and limits: no clock, no
 cloud, no kernel. The pool loop (``ipam_daemon.pool``) acts on what they return.
 
-``decide`` is underlay's policy; ``decide_aws`` is AWS VPC CNI's arithmetic, kept for
-comparison (the bench replays traces through both):
-
-    short = max(warm - available, minimum - total, 0)
-    over  = max(min(available - warm, total - minimum), 0)
-    WARM_ENI_TARGET mode (no warm IP target): keep ``warm_enis`` whole ENIs unused.
-
-Differences in ``decide``: cooling addresses are never available (AWS counts them);
+``decide`` is underlay's policy; AWS VPC CNI's arithmetic, which the bench replays the same
+traces through for comparison, is ``bench.aws_policy``. Differences from it: cooling addresses are never available (AWS counts them);
 ``warm_enis`` asks for that many ENIs' worth of *addresses*, not whole idle ENIs; growth
 fills existing ENIs before creating one, and a shortfall that cannot be met says why (the
 reason a starving borrow reports).
@@ -405,43 +399,3 @@ class PeakWindow:
             lows.popleft()
         return Demand(peak=highs[0][1], rise=assigned - lows[0][1])
 
-
-# ---- AWS VPC CNI, for comparison ---------------------------------------------------------
-
-def decide_aws(enis: tuple[EniCounts, ...], targets: Targets, limits: Limits) -> Action:
-    """AWS VPC CNI's arithmetic: cooling counts as available; with no warm IP or minimum
-    target, WARM_ENI_TARGET keeps ``warm_enis`` whole ENIs free of pods."""
-    total = sum(e.total for e in enis)
-    available = sum(e.free + e.cooling for e in enis)  # the cooldown bug, faithfully
-    ceiling = eni_ceiling(targets, limits)
-    if targets.warm_ips or targets.min_ips:
-        short = max(targets.warm_ips - available, targets.min_ips - total, 0)
-        over = max(min(available - targets.warm_ips, total - targets.min_ips), 0)
-        if short:
-            for eni in enis:
-                if eni.room:
-                    return Action(Kind.ASSIGN, min(short, eni.room), eni.eni_id, "aws: short")
-            if len(enis) < ceiling:
-                return Action(Kind.CREATE_ENI, limits.secondary_per_eni, reason="aws: short")
-            return Action(Kind.NOTHING, reason="aws: ENI limit", blocker=Blocker.ENI_LIMIT)
-        if over:
-            eni = next((e for e in reversed(enis) if e.free), None)
-            if eni is not None:
-                return Action(Kind.UNASSIGN, min(over, eni.free), eni.eni_id, "aws: over")
-        return Action(Kind.NOTHING, reason="aws: at target")
-    idle_enis = [e for e in enis if not e.assigned]
-    if len(idle_enis) < targets.warm_enis:
-        for eni in enis:
-            if eni.room:
-                return Action(Kind.ASSIGN, eni.room, eni.eni_id, "aws: fill ENI")
-        if len(enis) < ceiling:
-            return Action(Kind.CREATE_ENI, limits.secondary_per_eni, reason="aws: warm ENI")
-        return Action(Kind.NOTHING, reason="aws: ENI limit", blocker=Blocker.ENI_LIMIT)
-    for eni in enis:
-        if eni.room:
-            return Action(Kind.ASSIGN, eni.room, eni.eni_id, "aws: fill ENI")
-    if len(idle_enis) > targets.warm_enis:
-        for eni in reversed(idle_enis):
-            if not eni.is_primary and eni.age_seconds >= targets.eni_min_age:
-                return Action(Kind.DELETE_ENI, eni_id=eni.eni_id, reason="aws: surplus ENI")
-    return Action(Kind.NOTHING, reason="aws: at target")

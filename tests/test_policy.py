@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.aws_policy import decide_pool
 from ipam_daemon.policy import (
-    Action, Blocker, Demand, EniCounts, Kind, Limits, PeakWindow, Targets, decide, decide_aws,
+    Action, Blocker, Demand, EniCounts, Kind, Limits, PeakWindow, Targets, decide,
 )
 
 M5L = Limits(max_enis=3, ips_per_eni=10)  # 9 secondaries per ENI
@@ -176,8 +177,8 @@ AWS_CASES = [
 
 
 @pytest.mark.parametrize("name,enis,targets,kind,count", AWS_CASES, ids=[c[0] for c in AWS_CASES])
-def test_decide_aws(name, enis, targets, kind, count):
-    action = decide_aws(enis, targets, M5L)
+def test_aws_arithmetic(name, enis, targets, kind, count):
+    action = decide_pool(enis, targets, M5L)
     assert (action.kind, action.count) == (kind, count), action
 
 
@@ -185,7 +186,7 @@ def test_underlay_holds_fewer_idle_ips_than_aws_defaults():
     """One pod on a fresh m5.large: AWS defaults (WARM_ENI_TARGET=1) end up holding a second
     whole ENI; underlay's defaults (warm_ips=2, batch 4) grow by four addresses."""
     ours = decide((eni(P, free=0, assigned=1, primary=True),), Targets(), M5L)
-    theirs = decide_aws((eni(P, free=8, assigned=1, primary=True),),
+    theirs = decide_pool((eni(P, free=8, assigned=1, primary=True),),
                         Targets(warm_ips=0, warm_enis=1), M5L)
     assert ours.count == 4 and theirs.count == 9
     assert isinstance(ours, Action)
