@@ -79,25 +79,34 @@ def test_kustomization_lists_every_resource_and_renders():
               and d["kind"] == "DaemonSet" for c in d["spec"]["template"]["spec"]["containers"]}
     assert images == {f"underlay:{VERSION}"}  # install and uninstall: the same image
     assert {d["kind"] for d in docs} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                         "ConfigMap", "DaemonSet"}
+                                         "Role", "RoleBinding", "ConfigMap", "DaemonSet"}
     for doc in docs:
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == "kube-system", doc["metadata"]
 
 
-def test_cluster_role_is_exactly_the_agents_rules():
-    role = load("clusterrole.yaml")
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+def test_the_roles_are_exactly_the_agents_rules():
+    """The ClusterRole and the kube-system Role together grant what the agent uses; the
+    ConfigMaps it reads only in kube-system are not granted cluster-wide."""
+    cluster, role = load("clusterrole.yaml"), load("role.yaml")
+    granted = {(group, resource, verb) for rule in cluster["rules"] + role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
     used = rbac.permission_set()
     assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
     assert used - granted == set(), f"used but not granted: {sorted(used - granted)}"
-    assert role["rules"] == rbac.cluster_role_rules()
-    binding = load("clusterrolebinding.yaml")
+    assert cluster["rules"] == rbac.cluster_role_rules()
+    assert role["rules"] == rbac.role_rules()
+    assert not any("configmaps" in rule["resources"] for rule in cluster["rules"])
     account = load("serviceaccount.yaml")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
-                                    "namespace": account["metadata"]["namespace"]}]
+    subject = [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                "namespace": account["metadata"]["namespace"]}]
+    for binding, granted_role in ((load("clusterrolebinding.yaml"), cluster),
+                                  (load("rolebinding.yaml"), role)):
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                      "kind": granted_role["kind"],
+                                      "name": granted_role["metadata"]["name"]}
+        assert binding["subjects"] == subject
 
 
 def agent_env() -> dict[str, str]:

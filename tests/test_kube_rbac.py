@@ -9,7 +9,7 @@ from fake_apiserver.fixtures import (AGENT_REQUESTS, add_node, add_pod, apiserve
                                      wait_until)
 from ipam_daemon.kube import IPStatus, KubeIntegration, Reason
 from ipam_daemon.kube.client import USER_AGENT
-from ipam_daemon.kube.rbac import RULES, cluster_role_rules, permission_set
+from ipam_daemon.kube.rbac import RULES, cluster_role_rules, permission_set, role_rules
 
 
 def test_integration_uses_exactly_the_listed_permissions(apiserver, tmp_path):
@@ -39,17 +39,29 @@ def test_integration_uses_exactly_the_listed_permissions(apiserver, tmp_path):
                    (apiserver.get("nodes", "node-a")["metadata"].get("annotations") or {}), "the annotations")
     finally:
         kube.stop()
-    used = {(r.api_group, r.resource, r.verb) for r in apiserver.agent_requests(USER_AGENT)}
+    requests = apiserver.agent_requests(USER_AGENT)
+    used = {(r.api_group, r.resource, r.verb) for r in requests}
     assert used == set(permission_set())
+    # what the Role grants (not the ClusterRole) is asked for in its namespace only
+    namespaced = {(r.api_group, r.resource) for r in RULES if r.namespaced}
+    assert {r.namespace for r in requests if (r.api_group, r.resource) in namespaced} \
+        == {"kube-system"}
 
 
 def test_every_logged_agent_request_is_granted():
     granted = permission_set()
     logged = {(r.api_group, r.resource, r.verb) for r in AGENT_REQUESTS}
     assert logged <= granted, f"requests outside rbac.RULES: {sorted(logged - granted)}"
+    namespaced = {(r.api_group, r.resource) for r in RULES if r.namespaced}
+    outside = {(r.resource, r.verb, r.namespace) for r in AGENT_REQUESTS
+               if (r.api_group, r.resource) in namespaced and r.namespace != "kube-system"}
+    assert not outside, f"requests outside the Role's namespace: {sorted(outside)}"
 
 
 def test_cluster_role_rules_shape():
     rules = cluster_role_rules()
     assert {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "patch", "watch"]} in rules
-    assert sum(len(r["verbs"]) for r in rules) == len(permission_set()) == sum(len(r.verbs) for r in RULES)
+    assert role_rules() == [{"apiGroups": [""], "resources": ["configmaps"],
+                             "verbs": ["get", "list", "watch"]}]
+    assert sum(len(r["verbs"]) for r in rules + role_rules()) == len(permission_set()) \
+        == sum(len(r.verbs) for r in RULES)
