@@ -2,10 +2,10 @@
 cloud, no kernel. The pool loop (``ipam_daemon.pool``) acts on what they return.
 
 ``decide`` is underlay's policy; AWS VPC CNI's arithmetic, which the bench replays the same
-traces through for comparison, is ``bench.aws_policy``. Differences from it: cooling addresses are never available (AWS counts them);
-``warm_enis`` asks for that many ENIs' worth of *addresses*, not whole idle ENIs; growth
-fills existing ENIs before creating one, and a shortfall that cannot be met says why (the
-reason a starving borrow reports).
+traces through for comparison, is ``bench.aws_policy``. Differences from it: cooling
+addresses are never available (AWS counts them); ``warm_enis`` asks for that many ENIs'
+worth of *addresses*, not whole idle ENIs; growth fills existing ENIs before creating one,
+and a shortfall that cannot be met says why (the reason a starving borrow reports).
 
 Hysteresis (tuned on ``bench.pool_efficiency``'s churn trace, seeds 1-3; see its docstring):
 - addresses: a shortfall is met with one call for at least ``batch_size`` addresses (the
