@@ -1,0 +1,74 @@
+"""The emulated EC2 against EC2's published API behaviour, over HTTP with plain boto3: each
+test names the published fact it checks (the EC2 API reference, the botocore model of it,
+or the EC2 and VPC user guides) and holds at its exact number.
+
+- CreateNetworkInterface (API reference, parameters PrivateIpAddresses, Ipv4Prefixes,
+  Ipv4PrefixCount, SecondaryPrivateIpAddressCount, PrivateIpAddress): specific private
+  IPv4 addresses exclude IPv4 prefixes and a prefix count; a secondary address count
+  excludes more than one address listed in PrivateIpAddresses; one primary address.
+"""
+from __future__ import annotations
+
+import pytest
+
+from emulator_fixtures import described, free_count, prefixes_of, refused, world_of
+from emulator_fixtures import *  # noqa: F401,F403 - the fixtures
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def enis_in(ec2, subnet_id: str) -> int:
+    return len(ec2.describe_network_interfaces(
+        Filters=[{"Name": "subnet-id", "Values": [subnet_id]}])["NetworkInterfaces"])
+
+
+def test_create_eni_refuses_listed_addresses_with_prefixes_even_one_primary(emulator, ec2):
+    world = world_of(emulator, "m5.large")
+    subnet_id = world.subnet_ids[0]
+    before, free = enis_in(ec2, subnet_id), free_count(ec2, subnet_id)
+    one = [{"PrivateIpAddress": "10.0.0.200", "Primary": True}]
+    for prefixes in ({"Ipv4PrefixCount": 1}, {"Ipv4Prefixes": [{"Ipv4Prefix": "10.0.0.64/28"}]}):
+        message = refused("InvalidParameterCombination", ec2.create_network_interface,
+                          SubnetId=subnet_id, PrivateIpAddresses=one, **prefixes)
+        assert "PrivateIpAddresses" in message
+    assert (enis_in(ec2, subnet_id), free_count(ec2, subnet_id)) == (before, free)
+    # the primary named on its own (PrivateIpAddress) is not a list of addresses
+    made = ec2.create_network_interface(SubnetId=subnet_id, PrivateIpAddress="10.0.0.200",
+                                        Ipv4PrefixCount=1)["NetworkInterface"]
+    assert made["PrivateIpAddress"] == "10.0.0.200"
+    assert len(prefixes_of(ec2, made["NetworkInterfaceId"])) == 1
+
+
+def test_create_eni_refuses_a_secondary_count_with_two_listed_addresses_not_one(emulator, ec2):
+    world = world_of(emulator, "m5.large")
+    subnet_id = world.subnet_ids[0]
+    before = enis_in(ec2, subnet_id)
+    two = [{"PrivateIpAddress": "10.0.0.210", "Primary": True},
+           {"PrivateIpAddress": "10.0.0.211", "Primary": False}]
+    message = refused("InvalidParameterCombination", ec2.create_network_interface,
+                      SubnetId=subnet_id, PrivateIpAddresses=two,
+                      SecondaryPrivateIpAddressCount=1)
+    assert "2 listed" in message
+    assert enis_in(ec2, subnet_id) == before
+    made = ec2.create_network_interface(SubnetId=subnet_id, PrivateIpAddresses=two[:1],
+                                        SecondaryPrivateIpAddressCount=1)["NetworkInterface"]
+    addresses = [a["PrivateIpAddress"] for a in described(ec2, made["NetworkInterfaceId"])[
+        "PrivateIpAddresses"]]
+    assert len(addresses) == 2 and addresses[0] == "10.0.0.210"
+
+
+def test_create_eni_refuses_a_second_primary_address(emulator, ec2):
+    world = world_of(emulator, "m5.large")
+    subnet_id = world.subnet_ids[0]
+    before = enis_in(ec2, subnet_id)
+    refused("InvalidParameterValue", ec2.create_network_interface, SubnetId=subnet_id,
+            PrivateIpAddress="10.0.0.220",
+            PrivateIpAddresses=[{"PrivateIpAddress": "10.0.0.221", "Primary": True}])
+    assert enis_in(ec2, subnet_id) == before
+    made = ec2.create_network_interface(
+        SubnetId=subnet_id, PrivateIpAddress="10.0.0.220",
+        PrivateIpAddresses=[{"PrivateIpAddress": "10.0.0.220", "Primary": True},
+                            {"PrivateIpAddress": "10.0.0.221", "Primary": False}])[
+        "NetworkInterface"]
+    assert [(a["PrivateIpAddress"], a["Primary"]) for a in made["PrivateIpAddresses"]] == [
+        ("10.0.0.220", True), ("10.0.0.221", False)]
