@@ -72,3 +72,43 @@ def test_create_eni_refuses_a_second_primary_address(emulator, ec2):
         "NetworkInterface"]
     assert [(a["PrivateIpAddress"], a["Primary"]) for a in made["PrivateIpAddresses"]] == [
         ("10.0.0.220", True), ("10.0.0.221", False)]
+
+
+# --- subnet CIDR reservations: Description and tags -------------------------------------------
+# CreateSubnetCidrReservation takes Description and TagSpecifications, and the
+# SubnetCidrReservation it returns (and GetSubnetCidrReservations and
+# DeleteSubnetCidrReservation list) has Description and Tags; GetSubnetCidrReservations
+# filters by reservationType, subnet-id, tag:<key> and tag-key (EC2 API reference).
+
+def test_a_reservation_keeps_its_description_and_tags_and_is_found_by_them(emulator, ec2):
+    world = world_of(emulator, "m5.large", subnet="10.0.0.0/26")
+    subnet_id = world.subnet_ids[0]
+    tagged = [{"ResourceType": "subnet-cidr-reservation",
+               "Tags": [{"Key": "team", "Value": "pods"}, {"Key": "tier", "Value": "1"}]}]
+    made = ec2.create_subnet_cidr_reservation(
+        SubnetId=subnet_id, Cidr="10.0.0.16/28", ReservationType="prefix",
+        Description="kept for pod prefixes", TagSpecifications=tagged)["SubnetCidrReservation"]
+    plain = ec2.create_subnet_cidr_reservation(
+        SubnetId=subnet_id, Cidr="10.0.0.32/28", ReservationType="explicit")[
+        "SubnetCidrReservation"]
+    assert made["Description"] == "kept for pod prefixes"
+    assert sorted((t["Key"], t["Value"]) for t in made["Tags"]) == [("team", "pods"), ("tier", "1")]
+
+    def found(*filters) -> list[str]:
+        return sorted(r["Cidr"] for r in ec2.get_subnet_cidr_reservations(
+            SubnetId=subnet_id, Filters=list(filters))["SubnetIpv4CidrReservations"])
+
+    listed = {r["SubnetCidrReservationId"]: r for r in ec2.get_subnet_cidr_reservations(
+        SubnetId=subnet_id)["SubnetIpv4CidrReservations"]}
+    assert listed[made["SubnetCidrReservationId"]]["Description"] == "kept for pod prefixes"
+    assert len(listed[made["SubnetCidrReservationId"]]["Tags"]) == 2
+    assert listed[plain["SubnetCidrReservationId"]].get("Tags", []) == []
+    assert found({"Name": "tag:team", "Values": ["pods"]}) == ["10.0.0.16/28"]
+    assert found({"Name": "tag:team", "Values": ["nodes"]}) == []
+    assert found({"Name": "tag-key", "Values": ["tier"]}) == ["10.0.0.16/28"]
+    assert found({"Name": "reservationType", "Values": ["explicit"]}) == ["10.0.0.32/28"]
+    deleted = ec2.delete_subnet_cidr_reservation(
+        SubnetCidrReservationId=made["SubnetCidrReservationId"])["DeletedSubnetCidrReservation"]
+    assert deleted["Description"] == "kept for pod prefixes" and len(deleted["Tags"]) == 2
+    assert found({"Name": "tag-key", "Values": ["tier"]}) == []
+    assert found() == ["10.0.0.32/28"]
