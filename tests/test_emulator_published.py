@@ -112,3 +112,23 @@ def test_a_reservation_keeps_its_description_and_tags_and_is_found_by_them(emula
     assert deleted["Description"] == "kept for pod prefixes" and len(deleted["Tags"]) == 2
     assert found({"Name": "tag-key", "Values": ["tier"]}) == []
     assert found() == ["10.0.0.32/28"]
+
+
+# --- DescribeNetworkInterfaces lists Ipv4Prefixes on every ENI ---------------------------------
+# The EC2 user guide's DescribeNetworkInterfaces example ("Work with prefixes") lists
+# "Ipv4Prefixes": [] on an ENI that holds no IPv4 prefix.
+
+def test_every_listed_eni_has_ipv4_prefixes_empty_when_it_holds_none(emulator, ec2):
+    world = world_of(emulator, "m5.large")
+    node = world.instances[0]
+    plain = ec2.create_network_interface(SubnetId=world.subnet_ids[0])["NetworkInterface"]
+    full = ec2.create_network_interface(SubnetId=world.subnet_ids[0],
+                                        Ipv4PrefixCount=1)["NetworkInterface"]
+    listed = {e["NetworkInterfaceId"]: e["Ipv4Prefixes"] for e in
+              ec2.describe_network_interfaces(Filters=[
+                  {"Name": "subnet-id", "Values": [world.subnet_ids[0]]}])["NetworkInterfaces"]}
+    assert listed[node.primary_eni_id] == [] and listed[plain["NetworkInterfaceId"]] == []
+    assert len(listed[full["NetworkInterfaceId"]]) == 1 and len(listed) == 3
+    instance = ec2.describe_instances(InstanceIds=[node.instance_id])[
+        "Reservations"][0]["Instances"][0]
+    assert instance["NetworkInterfaces"][0]["Ipv4Prefixes"] == []

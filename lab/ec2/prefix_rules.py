@@ -52,6 +52,17 @@ def read_prefix_ask(request: ApiRequest, *, nested: bool) -> PrefixAsk:
     return PrefixAsk(count, named)
 
 
+def list_prefixes_on_every_eni() -> None:
+    """EC2 lists Ipv4Prefixes on every ENI it describes, empty when the ENI holds none (the
+    EC2 user guide's DescribeNetworkInterfaces example); moto renders the attribute only on
+    ENIs the layer gave prefixes. An empty default on moto's ENI class lists it everywhere;
+    it is never mutated (set_eni_prefixes replaces it per ENI)."""
+    from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+
+    if not hasattr(NetworkInterface, "ipv4_prefixes"):
+        NetworkInterface.ipv4_prefixes = ()
+
+
 def set_eni_prefixes(eni: Any, prefixes: list[str]) -> None:
     eni.ipv4_prefixes = [{"Ipv4Prefix": p} for p in prefixes]
 
