@@ -132,3 +132,30 @@ def test_every_listed_eni_has_ipv4_prefixes_empty_when_it_holds_none(emulator, e
     instance = ec2.describe_instances(InstanceIds=[node.instance_id])[
         "Reservations"][0]["Instances"][0]
     assert instance["NetworkInterfaces"][0]["Ipv4Prefixes"] == []
+
+
+def test_describe_enis_answers_the_documented_address_and_place_filters(emulator, ec2):
+    """addresses.primary, private-dns-name, availability-zone-id and
+    attachment.instance-owner-id are in DescribeNetworkInterfaces' filter list (EC2 API
+    reference); each matches exactly the ENIs it names."""
+    world = world_of(emulator, "m5.large")
+    node = world.instances[0]
+    subnet_id = world.subnet_ids[0]
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=node.primary_eni_id,
+                                    SecondaryPrivateIpAddressCount=1)
+    loose = ec2.create_network_interface(SubnetId=subnet_id)["NetworkInterface"]
+    mine = described(ec2, node.primary_eni_id)
+    zone_id = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["AvailabilityZoneId"]
+
+    def matched(name: str, *values: str) -> list[str]:
+        found = ec2.describe_network_interfaces(Filters=[
+            {"Name": "subnet-id", "Values": [subnet_id]}, {"Name": name, "Values": list(values)}])
+        return sorted(e["NetworkInterfaceId"] for e in found["NetworkInterfaces"])
+
+    both = sorted([node.primary_eni_id, loose["NetworkInterfaceId"]])
+    assert matched("addresses.primary", "true") == both
+    assert matched("addresses.primary", "false") == [node.primary_eni_id]
+    assert matched("availability-zone-id", zone_id) == both
+    assert matched("availability-zone-id", "no-such-az1") == []
+    assert matched("attachment.instance-owner-id", mine["OwnerId"]) == [node.primary_eni_id]
+    assert matched("private-dns-name", "ip-192-0-2-1.ec2.internal") == []
