@@ -159,3 +159,25 @@ def test_describe_enis_answers_the_documented_address_and_place_filters(emulator
     assert matched("availability-zone-id", "no-such-az1") == []
     assert matched("attachment.instance-owner-id", mine["OwnerId"]) == [node.primary_eni_id]
     assert matched("private-dns-name", "ip-192-0-2-1.ec2.internal") == []
+
+
+def test_get_subnet_cidr_reservations_pages_by_max_results_and_next_token(emulator, ec2):
+    """GetSubnetCidrReservations returns at most MaxResults (5 to 1000) and a NextToken for
+    the rest (EC2 API reference); 7 reservations come back as pages of 5 and 2."""
+    world = world_of(emulator, "m5.large")
+    subnet_id = world.subnet_ids[0]
+    cidrs = [f"10.0.0.{16 * block}/28" for block in range(1, 8)]
+    for cidr in cidrs:
+        ec2.create_subnet_cidr_reservation(SubnetId=subnet_id, Cidr=cidr,
+                                           ReservationType="explicit")
+    first = ec2.get_subnet_cidr_reservations(SubnetId=subnet_id, MaxResults=5)
+    assert len(first["SubnetIpv4CidrReservations"]) == 5 and first.get("NextToken")
+    second = ec2.get_subnet_cidr_reservations(SubnetId=subnet_id, MaxResults=5,
+                                              NextToken=first["NextToken"])
+    assert len(second["SubnetIpv4CidrReservations"]) == 2 and not second.get("NextToken")
+    paged = first["SubnetIpv4CidrReservations"] + second["SubnetIpv4CidrReservations"]
+    assert sorted(r["Cidr"] for r in paged) == sorted(cidrs)
+    whole = ec2.get_subnet_cidr_reservations(SubnetId=subnet_id, MaxResults=7)
+    assert len(whole["SubnetIpv4CidrReservations"]) == 7 and not whole.get("NextToken")
+    refused("InvalidPaginationToken", ec2.get_subnet_cidr_reservations, SubnetId=subnet_id,
+            MaxResults=5, NextToken="not-a-token")

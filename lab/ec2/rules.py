@@ -39,6 +39,7 @@ from lab.ec2.prefix_rules import (
 from lab.ec2.reservations import (
     check_create_subnet_cidr_reservation,
     check_delete_subnet_cidr_reservation,
+    check_get_subnet_cidr_reservations,
 )
 from lab.ec2.snapshot import eni_prefixes, iterate_subnets
 from lab.ec2.wire import ApiRequest, Refusal
@@ -195,6 +196,7 @@ HANDLERS: dict[str, Callable[[ApiRequest, RuleContext], Verdict]] = {
     "DescribeSubnets": check_describe_subnets,
     "CreateSubnetCidrReservation": check_create_subnet_cidr_reservation,
     "DeleteSubnetCidrReservation": check_delete_subnet_cidr_reservation,
+    "GetSubnetCidrReservations": check_get_subnet_cidr_reservations,
     "CreateRoute": check_create_route,
     "ReplaceRoute": check_route_change,
     "DeleteRoute": check_route_change,
