@@ -181,3 +181,19 @@ def test_get_subnet_cidr_reservations_pages_by_max_results_and_next_token(emulat
     assert len(whole["SubnetIpv4CidrReservations"]) == 7 and not whole.get("NextToken")
     refused("InvalidPaginationToken", ec2.get_subnet_cidr_reservations, SubnetId=subnet_id,
             MaxResults=5, NextToken="not-a-token")
+
+
+def test_assign_answers_name_only_what_was_assigned_with_no_empty_list(emulator, ec2):
+    """The EC2 user guide's example of assign-private-ip-addresses --ipv4-prefix-count 1
+    answers NetworkInterfaceId and AssignedIpv4Prefixes only."""
+    world = world_of(emulator, "m5.large")
+    eni_id = world.instances[0].primary_eni_id
+    answer = ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, Ipv4PrefixCount=1)
+    answer.pop("ResponseMetadata")
+    assert sorted(answer) == ["AssignedIpv4Prefixes", "NetworkInterfaceId"]
+    assert len(answer["AssignedIpv4Prefixes"]) == 1
+    answer = ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id,
+                                             SecondaryPrivateIpAddressCount=2)
+    answer.pop("ResponseMetadata")
+    assert sorted(answer) == ["AssignedPrivateIpAddresses", "NetworkInterfaceId"]
+    assert len(answer["AssignedPrivateIpAddresses"]) == 2

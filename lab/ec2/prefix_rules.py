@@ -122,13 +122,17 @@ def attach_slot_refusal(eni: Any, limits: TypeLimits, prefixes_take_slots: bool)
 
 
 def answer_assigned(eni_id: str, addresses: list[str], prefixes: list[str]) -> bytes:
-    """AssignPrivateIpAddresses' answer: only what this call assigned."""
+    """AssignPrivateIpAddresses' answer: only what this call assigned, and no empty list
+    (the EC2 user guide's prefix example answers NetworkInterfaceId and
+    AssignedIpv4Prefixes only)."""
     items = "".join(f"<item><privateIpAddress>{a}</privateIpAddress></item>" for a in addresses)
     blocks = "".join(f"<item><ipv4Prefix>{p}</ipv4Prefix></item>" for p in prefixes)
-    return result_xml("AssignPrivateIpAddresses",
-                      f"<networkInterfaceId>{eni_id}</networkInterfaceId>"
-                      f"<assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet>"
-                      f"<assignedIpv4PrefixSet>{blocks}</assignedIpv4PrefixSet>")
+    inner = f"<networkInterfaceId>{eni_id}</networkInterfaceId>"
+    if items:
+        inner += f"<assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet>"
+    if blocks:
+        inner += f"<assignedIpv4PrefixSet>{blocks}</assignedIpv4PrefixSet>"
+    return result_xml("AssignPrivateIpAddresses", inner)
 
 
 def adopt_created_prefixes(body: bytes, backend: Any, prefixes: list[str]) -> bytes:
