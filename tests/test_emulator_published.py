@@ -1,11 +1,20 @@
 """The emulated EC2 against EC2's published API behaviour, over HTTP with plain boto3: each
-test names the published fact it checks (the EC2 API reference, the botocore model of it,
-or the EC2 and VPC user guides) and holds at its exact number.
+test names the published fact it checks and holds at its exact number. Sources:
 
-- CreateNetworkInterface (API reference, parameters PrivateIpAddresses, Ipv4Prefixes,
-  Ipv4PrefixCount, SecondaryPrivateIpAddressCount, PrivateIpAddress): specific private
-  IPv4 addresses exclude IPv4 prefixes and a prefix count; a secondary address count
-  excludes more than one address listed in PrivateIpAddresses; one primary address.
+- EC2 API reference (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/, the text
+  botocore's ec2 model carries): CreateNetworkInterface's exclusions between
+  PrivateIpAddresses, SecondaryPrivateIpAddressCount, Ipv4Prefixes, Ipv4PrefixCount and
+  the one primary address; SubnetCidrReservation's Description and Tags;
+  GetSubnetCidrReservations' filters (tag:<key>, tag-key, reservationType) and paging
+  (MaxResults 5 to 1000, NextToken); DescribeNetworkInterfaces' filter list.
+- EC2 user guide, "Work with prefixes"
+  (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/work-with-prefixes.html): the
+  examples of AssignPrivateIpAddresses with a prefix count (NetworkInterfaceId and
+  AssignedIpv4Prefixes only) and of DescribeNetworkInterfaces ("Ipv4Prefixes": [] on an
+  ENI without IPv4 prefixes).
+
+None of these is a switchable rule (settings.SWITCHABLE_RULES): they are parameter checks
+and answer shapes, on whatever ``--emulator-rules-off`` says.
 """
 from __future__ import annotations
 
