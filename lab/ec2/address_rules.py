@@ -5,8 +5,11 @@ with addresses named; prefixes it keeps itself (prefix_rules.py).
 
 Choices where EC2's exact behaviour is not documented:
 - secondary addresses and prefixes are not asked for in one call
-  (InvalidParameterCombination); CreateNetworkInterface's primary address may come with
-  prefixes;
+  (InvalidParameterCombination); CreateNetworkInterface's primary address given as
+  PrivateIpAddress may come with prefixes (the reference excludes only PrivateIpAddresses
+  and the count), and SecondaryPrivateIpAddressCount with a PrivateIpAddresses list of one;
+- an address named both as PrivateIpAddress and flagged primary in PrivateIpAddresses is
+  one primary, not two;
 - an unattached ENI is limited only by its subnet; its slots and its instance type's
   Nitro-ness are checked when it is attached.
 """
@@ -63,20 +66,38 @@ def pick_prefixes(context: RuleContext, space: SubnetSpace, ask: PrefixAsk) -> l
     return [str(block) for block in chosen]
 
 
+def check_create_combination(request: ApiRequest, ask: PrefixAsk, listed: list[dict[str, str]],
+                             count: int) -> None:
+    """CreateNetworkInterface's published exclusions (EC2 API reference): IPv4 prefixes
+    exclude PrivateIpAddresses and SecondaryPrivateIpAddressCount; the count excludes a
+    PrivateIpAddresses list of more than one address; there is one primary address."""
+    if ask and (count or listed):
+        raise Refusal("InvalidParameterCombination",
+                      f"{NOT_BOTH}: IPv4 prefixes exclude PrivateIpAddresses and "
+                      "SecondaryPrivateIpAddressCount")
+    if count and len(listed) > 1:
+        raise Refusal("InvalidParameterCombination",
+                      "SecondaryPrivateIpAddressCount cannot be given with more than one "
+                      f"address in PrivateIpAddresses ({len(listed)} listed)")
+    flagged = [m.get("PrivateIpAddress") for m in listed if m.get("Primary") == "true"]
+    named = request.get("PrivateIpAddress")
+    if len(flagged) > 1 or (named and any(a != named for a in flagged)):
+        raise Refusal("InvalidParameterValue", "Only one primary private IP address is allowed: "
+                      f"PrivateIpAddress {named or '(none)'}, flagged primary in "
+                      f"PrivateIpAddresses {flagged}")
+
+
 def check_create_network_interface(request: ApiRequest, context: RuleContext) -> Verdict:
     subnet = find_subnet(context, require(request, "SubnetId"))
     ask = read_prefix_ask(request, nested=True)
     listed = request.members("PrivateIpAddresses")
+    count = parse_count(request, "SecondaryPrivateIpAddressCount")
+    check_create_combination(request, ask, listed, count)
     flagged = [m.get("PrivateIpAddress") for m in listed if m.get("Primary") == "true"]
-    if len(flagged) > 1:
-        raise Refusal("InvalidParameterValue", "Only one primary private IP address is allowed")
     primary = request.get("PrivateIpAddress") or (flagged[0] if flagged else None)
     explicit = [primary] if primary else []
     explicit += [m["PrivateIpAddress"] for m in listed
                  if m.get("PrivateIpAddress") and m["PrivateIpAddress"] != primary]
-    count = parse_count(request, "SecondaryPrivateIpAddressCount")
-    if ask and (count or len(explicit) > (1 if primary else 0)):
-        raise Refusal("InvalidParameterCombination", NOT_BOTH)
     space = subnet_space(context.backend, subnet)
     used = space.used_texts()
     closed = free_for_singles(context, space, explicit)

@@ -1,7 +1,9 @@
 """DescribeNetworkInterfaces filters that moto lacks or gets wrong, answered by the layer:
 it matches them itself against moto's ENIs and hands moto a ``network-interface-id``
-filter with the matching ids instead (moto answers ``attachment.device-index`` with HTTP
-500, and its ``private-ip-address`` matches only the primary address)."""
+filter with the matching ids instead. moto answers ``attachment.device-index``,
+``addresses.primary``, ``private-dns-name`` and ``availability-zone-id`` (all in the EC2
+API reference's filter list) with HTTP 500, its ``private-ip-address`` matches only the
+primary address, and its ``attachment.instance-owner-id`` matches unattached ENIs too."""
 from __future__ import annotations
 
 import fnmatch
@@ -23,12 +25,17 @@ def _attachment_values(eni: Any, value: Callable[[Any], str]) -> list[str]:
 LAYER_FILTERS: dict[str, Callable[[Any], list[str]]] = {
     "attachment.device-index": lambda e: _attachment_values(e, lambda x: str(x.device_index)),
     "attachment.status": lambda e: ["attached" if e.instance is not None else "detached"],
+    "attachment.instance-owner-id": lambda e: _attachment_values(
+        e, lambda x: getattr(x.instance, "owner_id", None) or x.owner_id),
     "attachment.delete-on-termination": lambda e: _attachment_values(
         e, lambda x: "true" if x.delete_on_termination else "false"),
     "status": lambda e: [e.status],
     "mac-address": lambda e: [e.mac_address],
     "private-ip-address": eni_addresses,
     "addresses.private-ip-address": eni_addresses,
+    "addresses.primary": lambda e: ["true"] + (["false"] if len(eni_addresses(e)) > 1 else []),
+    "private-dns-name": lambda e: [n for n in [getattr(e, "private_dns_name", None)] if n],
+    "availability-zone-id": lambda e: [e.subnet.availability_zone_id],
     "source-dest-check": lambda e: ["true" if e.source_dest_check else "false"],
 }
 

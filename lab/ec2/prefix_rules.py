@@ -17,13 +17,13 @@ import ipaddress
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from lab.ec2.addresses import used_addresses
 from lab.ec2.limits import TypeLimits, hypervisor_of
 from lab.ec2.prefixes import Reservation, SubnetSpace, free_single_count
 from lab.ec2.snapshot import eni_addresses, eni_prefixes
-from lab.ec2.wire import ApiRequest, Refusal, parse_count, result_xml
+from lab.ec2.wire import ApiRequest, Refusal, parse_answer, parse_count, result_xml
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,17 @@ def read_prefix_ask(request: ApiRequest, *, nested: bool) -> PrefixAsk:
         raise Refusal("InvalidParameterCombination",
                       "Specify either Ipv4Prefixes or Ipv4PrefixCount, not both")
     return PrefixAsk(count, named)
+
+
+def list_prefixes_on_every_eni() -> None:
+    """EC2 lists Ipv4Prefixes on every ENI it describes, empty when the ENI holds none (the
+    EC2 user guide's DescribeNetworkInterfaces example); moto renders the attribute only on
+    ENIs the layer gave prefixes. An empty default on moto's ENI class lists it everywhere;
+    it is never mutated (set_eni_prefixes replaces it per ENI)."""
+    from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+
+    if not hasattr(NetworkInterface, "ipv4_prefixes"):
+        NetworkInterface.ipv4_prefixes = ()
 
 
 def set_eni_prefixes(eni: Any, prefixes: list[str]) -> None:
@@ -111,19 +122,23 @@ def attach_slot_refusal(eni: Any, limits: TypeLimits, prefixes_take_slots: bool)
 
 
 def answer_assigned(eni_id: str, addresses: list[str], prefixes: list[str]) -> bytes:
-    """AssignPrivateIpAddresses' answer: only what this call assigned."""
+    """AssignPrivateIpAddresses' answer: only what this call assigned, and no empty list
+    (the EC2 user guide's prefix example answers NetworkInterfaceId and
+    AssignedIpv4Prefixes only)."""
     items = "".join(f"<item><privateIpAddress>{a}</privateIpAddress></item>" for a in addresses)
     blocks = "".join(f"<item><ipv4Prefix>{p}</ipv4Prefix></item>" for p in prefixes)
-    return result_xml("AssignPrivateIpAddresses",
-                      f"<networkInterfaceId>{eni_id}</networkInterfaceId>"
-                      f"<assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet>"
-                      f"<assignedIpv4PrefixSet>{blocks}</assignedIpv4PrefixSet>")
+    inner = f"<networkInterfaceId>{eni_id}</networkInterfaceId>"
+    if items:
+        inner += f"<assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet>"
+    if blocks:
+        inner += f"<assignedIpv4PrefixSet>{blocks}</assignedIpv4PrefixSet>"
+    return result_xml("AssignPrivateIpAddresses", inner)
 
 
 def adopt_created_prefixes(body: bytes, backend: Any, prefixes: list[str]) -> bytes:
     """After moto created an ENI (CreateNetworkInterface): give it its prefixes and put
     them in the answer moto already rendered."""
-    root, tag = _parse_answer(body)
+    root, tag = parse_answer(body)
     interface = root.find(tag("networkInterface"))
     eni_id = interface.findtext(tag("networkInterfaceId")) if interface is not None else None
     if interface is None or eni_id not in backend.enis:
@@ -140,7 +155,7 @@ def adopt_created_prefixes(body: bytes, backend: Any, prefixes: list[str]) -> by
 def rewrite_free_counts(body: bytes, backend: Any, subnets: dict[str, Any],
                         prefixes_count: bool) -> bytes:
     """DescribeSubnets: each subnet's AvailableIpAddressCount as the layer counts it."""
-    root, tag = _parse_answer(body)
+    root, tag = parse_answer(body)
     for item in root.iter(tag("item")):
         subnet_id = item.findtext(tag("subnetId"))
         count = item.find(tag("availableIpAddressCount"))
@@ -151,11 +166,3 @@ def rewrite_free_counts(body: bytes, backend: Any, subnets: dict[str, Any],
             space = SubnetSpace(space.subnet_id, space.cidr, space.used)
         count.text = str(free_single_count(space))
     return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
-
-
-def _parse_answer(body: bytes) -> tuple[ET.Element, Callable[[str], str]]:
-    """moto's XML answer, and a function naming a tag in its namespace."""
-    root = ET.fromstring(body)
-    namespace = root.tag[1:].partition("}")[0] if root.tag.startswith("{") else ""
-    ET.register_namespace("", namespace)
-    return root, (lambda name: f"{{{namespace}}}{name}" if namespace else name)

@@ -2,8 +2,9 @@
 passed on. Each ``check_*`` either refuses (raises Refusal, nothing changes) or returns a
 Verdict: the request to hand moto instead (addresses chosen here), a step to run just
 before moto (under the same lock), and a rewrite of moto's successful answer.
-What an ENI holds (addresses and prefixes) is address_rules.py's; this module dispatches
-and holds the rules of attachments, instances' ENIs, subnets and route tables.
+What an ENI holds (addresses and prefixes) is address_rules.py's, subnet CIDR reservations
+are reservations.py's; this module dispatches and holds the rules of attachments,
+instances' ENIs, subnets and route tables.
 
 Choices where EC2's exact behaviour is not documented:
 - an ENI using more address slots (addresses and prefixes) than the instance type allows
@@ -29,11 +30,16 @@ from lab.ec2.address_rules import (
 from lab.ec2.addresses import AddressAllocator
 from lab.ec2.describe import check_describe_network_interfaces
 from lab.ec2.limits import limits_for
-from lab.ec2.lookups import RuleContext, Verdict, find_eni, find_instance, find_subnet, require
+from lab.ec2.lookups import RuleContext, Verdict, find_eni, find_instance, require
 from lab.ec2.prefix_rules import (
     attach_slot_refusal,
     check_nitro,
     rewrite_free_counts,
+)
+from lab.ec2.reservations import (
+    check_create_subnet_cidr_reservation,
+    check_delete_subnet_cidr_reservation,
+    check_get_subnet_cidr_reservations,
 )
 from lab.ec2.snapshot import eni_prefixes, iterate_subnets
 from lab.ec2.wire import ApiRequest, Refusal
@@ -135,12 +141,6 @@ def check_describe_subnets(request: ApiRequest, context: RuleContext) -> Verdict
                                                           counts_prefixes))
 
 
-def check_create_subnet_cidr_reservation(request: ApiRequest, context: RuleContext) -> Verdict:
-    """moto keeps reservations (and checks type, range and overlap); the subnet must exist."""
-    find_subnet(context, require(request, "SubnetId"))
-    return Verdict()
-
-
 # --- route tables --------------------------------------------------------------------------
 
 def find_route_table(context: RuleContext, table_id: str) -> Any:
@@ -195,6 +195,8 @@ HANDLERS: dict[str, Callable[[ApiRequest, RuleContext], Verdict]] = {
     "RunInstances": check_run_instances,
     "DescribeSubnets": check_describe_subnets,
     "CreateSubnetCidrReservation": check_create_subnet_cidr_reservation,
+    "DeleteSubnetCidrReservation": check_delete_subnet_cidr_reservation,
+    "GetSubnetCidrReservations": check_get_subnet_cidr_reservations,
     "CreateRoute": check_create_route,
     "ReplaceRoute": check_route_change,
     "DeleteRoute": check_route_change,

@@ -24,6 +24,7 @@ import threading
 from typing import Any, Callable
 
 from lab.ec2 import rules
+from lab.ec2.prefix_rules import list_prefixes_on_every_eni
 from lab.ec2.settings import categorise_action
 from lab.ec2.faults import CallCounter, FaultInjector, TokenBuckets
 from lab.ec2.wire import ApiRequest, Refusal, error_xml, read_request, replace_body, respond
@@ -63,6 +64,7 @@ class StrictLayer:
         self.lock = threading.RLock()
         self._stopping = stopping
         self._allocator = rules.AddressAllocator(knobs.seed)
+        list_prefixes_on_every_eni()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if environ.get("PATH_INFO", "").startswith("/_emulator/"):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import io
 import logging
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode
 from xml.sax.saxutils import escape
 
@@ -129,6 +130,14 @@ def result_xml(action: str, inner: str) -> bytes:
         f'<{action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
         f"<requestId>{new_request_id()}</requestId>{inner}</{action}Response>"
     ).encode()
+
+
+def parse_answer(body: bytes) -> tuple[ET.Element, Callable[[str], str]]:
+    """moto's XML answer, and a function naming a tag in its namespace."""
+    root = ET.fromstring(body)
+    namespace = root.tag[1:].partition("}")[0] if root.tag.startswith("{") else ""
+    ET.register_namespace("", namespace)
+    return root, (lambda name: f"{{{namespace}}}{name}" if namespace else name)
 
 
 def respond(start_response: Any, status: int, body: bytes,
