@@ -54,7 +54,7 @@ _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
 _IFNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}\Z")
 # CNI_ARGS IgnoreUnknown takes the values libcni's UnmarshallableBool takes (any case).
 _ARG_BOOLS = {"1": True, "true": True, "0": False, "false": False}
-_VERSION_RE = re.compile(r"\d+\.\d+\.\d+\Z")
+_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\Z")
 
 
 @dataclass(frozen=True)
@@ -269,10 +269,15 @@ def netns_exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+def is_version(value: Any) -> bool:
+    """A version string of the form X.Y.Z (as VERSION accepts and errors echo)."""
+    return isinstance(value, str) and bool(_VERSION_RE.match(value))
+
+
 def _version_for_answer(conf: dict[str, Any]) -> str:
     """VERSION answers in the version it was asked in; the newest when none was given."""
     version = conf.get("cniVersion")
-    if isinstance(version, str) and _VERSION_RE.match(version):
+    if is_version(version):
         return version
     if version is not None:
         raise CniError(Code.INVALID_CONFIG, f"cniVersion {version!r} is not a version "
