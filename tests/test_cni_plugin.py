@@ -220,6 +220,56 @@ def _error_version(stdin) -> str:
     return asked
 
 
+def _exec_on_node(node: LabNode, shim: str, env: dict, stdin: dict
+                  ) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", node.netns, shim],
+                          input=json.dumps(stdin).encode(),
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env},
+                          capture_output=True, timeout=60, check=False)
+
+
+def _pod_link(pod: str, ifname: str) -> dict:
+    out = subprocess.run(["ip", "-n", pod, "-j", "link", "show", ifname], capture_output=True,
+                         text=True, check=True).stdout
+    link = json.loads(out)[0]
+    return {"ifindex": link["ifindex"], "mac": link["address"]}
+
+
+def test_add_of_an_attached_container_fails_and_leaves_it_wired(node, shim_binary,
+                                                                 make_netns):
+    """Spec (ADD): "If an interface of the requested name already exists in the container,
+    the CNI plugin MUST return with an error." A second ADD of the same attachment is
+    refused, and the first one (its interface, its address) stays as it was; DEL then
+    releases it, prints nothing, and succeeds again when repeated."""
+    pod = make_netns("h4twice")
+    cid = "twice" + CID
+    env = {**ADD_ENV, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod}",
+           "CNI_PATH": "/nonexistent"}
+    stdin = conf(node.socket_path)
+    del_env = {**env, "CNI_COMMAND": "DEL"}
+    try:
+        first = _exec_on_node(node, shim_binary, env, stdin)
+        assert first.returncode == 0, first.stdout
+        address = json.loads(first.stdout)["ips"][0]["address"]
+        link = _pod_link(pod, "eth0")
+
+        again = _exec_on_node(node, shim_binary, env, stdin)
+        err = _error(again)
+        assert again.returncode != 0, again.stdout
+        assert "eth0" in err["msg"] and "already" in err["msg"], err
+        assert err["cniVersion"] == "1.0.0"
+        assert _pod_link(pod, "eth0") == link  # not re-created
+        held = [p for p in query_agent(node.socket_path, "/v1/pods")[1]
+                if p["container_id"] == cid]
+        assert [(p["ifname"], p["ip"]) for p in held] == [("eth0", address.split("/")[0])]
+    finally:
+        deleted = _exec_on_node(node, shim_binary, del_env, stdin)
+    assert (deleted.returncode, deleted.stdout) == (0, b""), deleted.stdout
+    assert cid not in {p["container_id"] for p in query_agent(node.socket_path, "/v1/pods")[1]}
+    deleted = _exec_on_node(node, shim_binary, del_env, stdin)
+    assert (deleted.returncode, deleted.stdout) == (0, b""), deleted.stdout
+
+
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
 def test_version_answers_in_the_version_asked(cni_bin_dir, version):
     proc = run_plugin(cni_bin_dir, {"CNI_COMMAND": "VERSION"}, json.dumps({"cniVersion": version}))
