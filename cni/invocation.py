@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cni.request import Request, netns_exists, parse_request
+from cni.request import Request, is_version, netns_exists, parse_request
 from cni.spec import API_VERSION, SUPPORTED_VERSIONS, CniError, Code
 
 logger = logging.getLogger(__name__)
@@ -167,12 +167,14 @@ def _convert_ip(ip: dict[str, Any], old: bool) -> dict[str, Any]:
 
 
 def error_version(stdin: bytes) -> str:
-    """The version to write an early error in: the request's when it is one we know."""
+    """The version to write an early error in. Spec (Section 5, Error): "cniVersion: the
+    same value as provided by the configuration", so the request's, even one we do not
+    speak (a 0.3.1 request is refused in 0.3.1); the newest when it has no X.Y.Z string."""
     try:
         version = json.loads(stdin).get("cniVersion")
     except Exception:  # noqa: BLE001 - any undecodable input: answer in the newest
         return SUPPORTED_VERSIONS[-1]
-    return version if version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
+    return version if is_version(version) else SUPPORTED_VERSIONS[-1]
 
 
 def run_invocation(env: dict[str, str], stdin: bytes, agent: AgentCall) -> Answer:

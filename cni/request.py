@@ -28,12 +28,16 @@ OLDER_THAN_1_1 = ("0.4.0", "1.0.0")  # STATUS and GC came with spec 1.1.0
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 LEGACY_ATTACHMENTS = "cni.dev/attachments"
 MIN_MTU, MAX_MTU = 576, 9001  # as the agent accepts: EC2's jumbo frames stop at 9001
-# Which environment variables each command needs (CNI spec 1.1, "Parameters").
+# Which environment variables each command needs (CNI spec 1.1, "Parameters"). CNI_PATH is
+# optional for ADD, CHECK, DEL and STATUS but required for GC (the reference plugins' skel
+# requires it for ADD/CHECK/DEL as well; the spec does not, and we follow the spec).
 REQUIRED_ENV = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
     "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
     "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": ("CNI_PATH",),
 }
+ATTACHMENT_COMMANDS = ("ADD", "CHECK", "DEL")  # those that name one (container, ifname)
 # CNI_ARGS keys we understand: what kubelet and the CRI runtimes put there.
 KNOWN_ARGS = {
     "K8S_POD_NAMESPACE": "pod_namespace",
@@ -42,7 +46,15 @@ KNOWN_ARGS = {
     "K8S_POD_UID": "pod_uid",
 }
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
-_VERSION_RE = re.compile(r"\d+\.\d+\.\d+\Z")
+# The spec's and libcni's rule for CNI_IFNAME is at most 15 bytes (the kernel's IFNAMSIZ),
+# not . or .., no '/', ':' or whitespace; of those names the datapath wires only ASCII
+# letters, digits, '_', '-' and '.' (cni.datapath.base.validate_pod). The spec asks for an
+# error when the plugin cannot use the name: refusing it here, before an address is
+# borrowed, is that error; refused later, the rollback could not unwire it either.
+_IFNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,15}\Z")
+# CNI_ARGS IgnoreUnknown takes the values libcni's UnmarshallableBool takes (any case).
+_ARG_BOOLS = {"1": True, "true": True, "0": False, "false": False}
+_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\Z")
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,7 @@ def parse_request(env: dict[str, str], stdin: bytes) -> Request:
         raise CniError(Code.INCOMPATIBLE_VERSION, f"cniVersion {version} does not allow "
                        f"{command}: it needs 1.1.0")
     fields: dict[str, Any] = {"command": command, "cni_version": version}
-    if command in REQUIRED_ENV:
+    if command in ATTACHMENT_COMMANDS:
         fields.update(parse_env(command, env))
     fields.update(parse_conf(command, conf))
     return Request(**fields)
@@ -148,9 +160,10 @@ def parse_env(command: str, env: dict[str, str]) -> dict[str, Any]:
         raise CniError(Code.INVALID_ENV, f"CNI_CONTAINERID {container_id!r} has invalid "
                        "characters (allowed: letters, digits, _ . -, not first: _ . -)")
     ifname = env["CNI_IFNAME"]
-    if len(ifname) > 15 or ifname in (".", "..") or any(c in "/:" or c.isspace() for c in ifname):
-        raise CniError(Code.INVALID_ENV, f"CNI_IFNAME {ifname!r} is not a valid interface name "
-                       "(at most 15 characters, no '/', ':' or whitespace, not . or ..)")
+    if not _IFNAME_RE.match(ifname) or ifname in (".", ".."):
+        raise CniError(Code.INVALID_ENV, f"CNI_IFNAME {ifname!r} is not an interface name "
+                       "this plugin can use (1-15 bytes of ASCII letters, digits, '_', '-', "
+                       "'.'; not . or ..)")
     netns = env.get("CNI_NETNS", "")
     if netns and not netns.startswith("/"):
         raise CniError(Code.INVALID_ENV, f"CNI_NETNS {netns!r} must be an absolute path")
@@ -159,14 +172,20 @@ def parse_env(command: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def parse_cni_args(text: str) -> dict[str, str]:
-    """``K=V;K2=V2`` -> pod fields; unknown keys are an error unless IgnoreUnknown=1|true."""
+    """``K=V;K2=V2`` -> pod fields; unknown keys are an error unless IgnoreUnknown is true.
+    As libcni's ``types.LoadArgs`` reads them (what the reference plugins use): exactly one
+    '=' per item, and IgnoreUnknown one of 1, true, 0, false in any case."""
     pairs: dict[str, str] = {}
     for item in text.split(";") if text else ():
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key or "=" in value:
             raise CniError(Code.INVALID_ENV, f"CNI_ARGS item {item!r} is not of the form K=V")
         pairs[key] = value
-    ignore_unknown = pairs.pop("IgnoreUnknown", "").lower() in ("1", "true")
+    ignore = pairs.pop("IgnoreUnknown", "false")
+    if ignore.lower() not in _ARG_BOOLS:
+        raise CniError(Code.INVALID_ENV, f"CNI_ARGS IgnoreUnknown {ignore!r} is not a "
+                       "boolean (1, true, 0 or false)")
+    ignore_unknown = _ARG_BOOLS[ignore.lower()]
     unknown = sorted(k for k in pairs if k not in KNOWN_ARGS)
     if unknown and not ignore_unknown:
         raise CniError(Code.INVALID_ENV, "CNI_ARGS has unknown key(s) " + ", ".join(unknown)
@@ -183,9 +202,10 @@ def parse_conf(command: str, conf: dict[str, Any]) -> dict[str, Any]:
     if plugin_type != PLUGIN_TYPE:
         raise CniError(Code.INVALID_CONFIG, f"type is {plugin_type!r}; this plugin is "
                        f"{PLUGIN_TYPE!r}")
-    if "ipam" in conf:
-        raise CniError(Code.UNSUPPORTED_FIELD, "ipam is not supported: underlay allocates "
-                       "VPC addresses itself (remove the ipam section)")
+    if "ipam" in conf:  # code 2: the spec wants the key and its value in the message
+        raise CniError(Code.UNSUPPORTED_FIELD, f"ipam {json.dumps(conf['ipam']):.200} is not "
+                       "supported: underlay allocates VPC addresses itself (remove the ipam "
+                       "section)")
     sock = _get(conf, "socket", str, DEFAULT_SOCKET)
     if not sock.startswith("/"):
         raise CniError(Code.INVALID_CONFIG, f"socket {sock!r} must be an absolute path")
@@ -249,10 +269,15 @@ def netns_exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+def is_version(value: Any) -> bool:
+    """A version string of the form X.Y.Z (as VERSION accepts and errors echo)."""
+    return isinstance(value, str) and bool(_VERSION_RE.match(value))
+
+
 def _version_for_answer(conf: dict[str, Any]) -> str:
     """VERSION answers in the version it was asked in; the newest when none was given."""
     version = conf.get("cniVersion")
-    if isinstance(version, str) and _VERSION_RE.match(version):
+    if is_version(version):
         return version
     if version is not None:
         raise CniError(Code.INVALID_CONFIG, f"cniVersion {version!r} is not a version "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from cni.datapath import DatapathError, PodSpec
 from cni.datapath.base import Datapath, ResultShape
+from cni.datapath.netns import link_exists
 from cni.spec import Code, CniError
 
 from ipam_daemon.config import AgentConfig
@@ -90,6 +91,8 @@ class Service:
         stale = self.store.get_allocation(call.key)
         if stale is not None and stale.lost:  # its address is gone from the cloud: start over
             self.release_allocation(stale, reason="re-attach of a lost address")
+        elif stale is not None and not self.config.ipam_only:
+            self._refuse_wired_again(call, stale)
         try:
             allocation = self.borrow(call.key, call.pod)
         except CniError as exc:
@@ -113,6 +116,23 @@ class Service:
                     call.pod.name, call.key.container_id, call.key.ifname, allocation.ip,
                     allocation.eni_id)
         return self._result(call, allocation, wired)
+
+    def _refuse_wired_again(self, call: AttachCall, held: Allocation) -> None:
+        """CNI spec, ADD: "If an interface of the requested name already exists in the
+        container, the CNI plugin MUST return with an error." Checked before anything
+        changes: wiring again would replace the live interface, and a failed wiring's
+        rollback would release the held address. A held attachment whose interface is not
+        there (an ADD cut short by an agent restart) is wired again, as before."""
+        netns = call.netns or held.pod.netns
+        try:
+            present = link_exists(netns, call.key.ifname)
+        except DatapathError:  # no such namespace, or not one: the wiring names it
+            return
+        if present:
+            raise CniError(Code.DATAPATH_FAILURE, f"interface {call.key.ifname} already"
+                           f" exists in {netns}: container {call.key.container_id} is already"
+                           f" attached to network {call.key.network} with {held.ip} (ADD"
+                           " again without a DEL)")
 
     def _rollback(self, allocation: Allocation) -> None:
         logger.warning("attach of %s failed; returning %s", allocation.key.container_id,

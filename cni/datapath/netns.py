@@ -16,7 +16,8 @@ Two context managers:
   /proc/sys/net, subprocesses such as iptables (a child inherits the thread's namespace),
   sockets created for probing.
 
-Both raise ``NetnsMissing`` naming the path when the namespace does not exist.
+Both raise ``NetnsMissing`` naming the path when the namespace does not exist; so does
+``link_exists(path, name)``, the one question asked of a namespace without wiring it.
 """
 from __future__ import annotations
 
@@ -105,3 +106,13 @@ def open_netns(path: str) -> Iterator[Any]:
         yield handle
     finally:
         handle.close()
+
+
+def link_exists(path: str, name: str) -> bool:
+    """Whether the namespace at ``path`` has a link called ``name``. ``NetnsMissing`` when
+    the namespace does not exist, ``DatapathError`` when the path is not one."""
+    from cni.datapath.rtnl import RtnlSocket  # imported here: keep this module cheap
+    with entered_netns(path):
+        nl = RtnlSocket()  # bound in the namespace it is created in
+    with nl:
+        return nl.link_index(name) is not None

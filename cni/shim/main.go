@@ -254,8 +254,9 @@ func decodeObject(stdin []byte) (map[string]json.RawMessage, *cniError) {
 	return conf, nil
 }
 
-// requestVersion is the version to write an error in: the request's when it is one the
-// agent speaks, else the newest.
+// requestVersion is the version to write an error in: the request's cniVersion when it is
+// an X.Y.Z string, even one the agent does not speak (spec: the error's cniVersion is "the
+// same value as provided by the configuration"), else the newest.
 func requestVersion(stdin []byte) string {
 	var conf map[string]json.RawMessage // exact keys: a struct would fold case
 	if json.Unmarshal(stdin, &conf) != nil {
@@ -266,12 +267,8 @@ func requestVersion(stdin []byte) string {
 
 func versionOf(conf map[string]json.RawMessage) string {
 	var text string
-	if json.Unmarshal(conf["cniVersion"], &text) == nil {
-		for _, v := range supportedVersions {
-			if text == v {
-				return v
-			}
-		}
+	if json.Unmarshal(conf["cniVersion"], &text) == nil && isVersion(text) {
+		return text
 	}
 	return newestVersion()
 }
