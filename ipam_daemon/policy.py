@@ -79,7 +79,8 @@ class EniCounts:
     age_seconds: float = 0.0
     giveable: int | None = None  # whole slots that could be unassigned now (None: ``free``)
     strays: int = 0  # idle slots of the other mode, to retire
-    stray_free: int = 0  # the addresses those hold (free, not available)
+    stray_free: int = 0  # free addresses of the other mode (not available): those strays
+    # hold, and in secondary mode also the free ones of prefixes still partly used
 
     @property
     def total(self) -> int:
@@ -173,15 +174,19 @@ def eni_counts(eni_id: str, held: Holdings, limits: Limits, *, prefix_delegation
     out prefixes, 1 secondary addresses); ``prefix_delegation``: the node is asked for
     prefixes (with ``unit`` 1 it is falling back). The other mode's idle holdings are
     strays: free secondary addresses in prefix mode, whole free prefixes in secondary mode
-    (not while falling back: those prefixes are the node's own mode)."""
+    (not while falling back: those prefixes are the node's own mode). In secondary mode no
+    free address of a prefix counts as available, so new pods get secondary addresses and
+    a partly used prefix drains instead of taking every new pod."""
     unit = limits.unit
     free_slots = max(limits.secondary_per_eni - held.slots, 0)
     if unit == PREFIX_SIZE:  # prefixes: free secondary addresses are strays
         strays, stray_free, giveable = held.free_singles, held.free_singles, held.free_prefixes
     elif prefix_delegation:  # falling back to secondary addresses: prefixes stay
         strays, stray_free, giveable = 0, 0, held.free_singles
-    else:  # secondary addresses: whole free prefixes are strays
-        strays, stray_free = held.free_prefixes, held.free_prefixes * PREFIX_SIZE
+    else:  # secondary addresses: whole free prefixes are strays, and no free address of a
+        # prefix is available (a partly used one's too): the pool holds secondary addresses
+        # for new pods, which the store hands out first, so the prefixes drain and go back
+        strays, stray_free = held.free_prefixes, held.free - held.free_singles
         giveable = held.free_singles
     return EniCounts(eni_id, held.total + free_slots * unit, held.free - stray_free,
                      held.assigned, held.cooling, held.releasing, is_primary, age,
@@ -277,8 +282,8 @@ def decide(enis: tuple[EniCounts, ...], targets: Targets, limits: Limits,
     strays = max(enis, key=lambda e: e.strays, default=None)
     if strays is not None and strays.strays:
         return Action(Kind.RETIRE, strays.strays, strays.eni_id,
-                      f"{strays.strays} idle slots of the other mode ({strays.stray_free}"
-                      " addresses) go back")
+                      f"{strays.strays} idle slots of the other mode go back ({strays.stray_free}"
+                      " of its addresses free)")
     ahead = _eni_ahead(enis, t, targets, limits, demand)
     if ahead is not None:
         return ahead

@@ -343,9 +343,10 @@ COUNT_CASES = [
     ("prefix mode: free singles of the old mode are strays, not available",
      usage(free=3 + 16 + 3, assigned=13, singles=3, free_singles=3, prefixes=2,
            free_prefixes=1), 16, True, 35 + 4 * 16, 19, 1, 3, 3),
-    ("secondary mode: whole free prefixes of the old mode are strays",
+    ("secondary mode: whole free prefixes of the old mode are strays, and a partly used"
+     " prefix's free addresses are not available (new pods do not refill it)",
      usage(free=2 + 16 + 2, assigned=14, singles=2, free_singles=2, prefixes=2,
-           free_prefixes=1), 1, False, 34 + 5, 4, 2, 1, 16),
+           free_prefixes=1), 1, False, 34 + 5, 2, 2, 1, 18),
     ("falling back (asked for prefixes, unit 1): prefixes stay the node's own",
      usage(free=2 + 16 + 2, assigned=14, singles=2, free_singles=2, prefixes=2,
            free_prefixes=1), 1, True, 34 + 5, 20, 2, 0, 0),
