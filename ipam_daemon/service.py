@@ -191,8 +191,11 @@ class Service:
         shape = self.datapath.result_shape(eni_link(eni, self.config.mtu)) if eni else \
             ResultShape(32, LINK_LOCAL_GW, False)
         interfaces: list[dict] = []
-        if wired is not None and shape.host_interface:
-            interfaces.append({"name": wired.host_ifname})
+        if wired is not None and shape.host_interface:  # with its MAC, as ptp reports it
+            host_if = {"name": wired.host_ifname}
+            if wired.host_mac:
+                host_if["mac"] = wired.host_mac
+            interfaces.append(host_if)
         pod_if: dict = {"name": call.key.ifname, "sandbox": call.netns}
         if wired is not None:
             pod_if["mac"] = wired.pod_mac

@@ -79,6 +79,7 @@ class WiredPod:
     host_ifname: str
     pod_mac: str
     pod_ifindex: int
+    host_mac: str = ""  # the host end's, when the mode creates one (veth)
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,8 @@ def setup_pod(pod: PodSpec, reaper: LinkReaper | None = None) -> WiredPod:
         undo.pop_all()
     logger.info("wired pod %s/%s (%s) %s on %s, table %d", pod.pod_namespace, pod.pod_name,
                 pod.container_id, pod.pod_ip, pod.host_ifname, pod.eni.table)
-    return WiredPod(host_ifname=pod.host_ifname, pod_mac=pod_mac, pod_ifindex=pod_index)
+    return WiredPod(host_ifname=pod.host_ifname, pod_mac=pod_mac, pod_ifindex=pod_index,
+                    host_mac=host_mac)
 
 
 def _undo(nl: RtnlSocket, request: Request) -> None:
