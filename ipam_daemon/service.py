@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from cni.datapath import DatapathError, PodSpec
 from cni.datapath.base import Datapath, ResultShape
-from cni.datapath.netns import link_exists
+from cni.datapath import WiredPod
+from cni.datapath.netns import find_link
 from cni.spec import Code, CniError
 
 from ipam_daemon.config import AgentConfig
@@ -92,7 +93,9 @@ class Service:
         if stale is not None and stale.lost:  # its address is gone from the cloud: start over
             self.release_allocation(stale, reason="re-attach of a lost address")
         elif stale is not None and not self.config.ipam_only:
-            self._refuse_wired_again(call, stale)
+            result = self._attached_already(call, stale)
+            if result is not None:
+                return result
         try:
             allocation = self.borrow(call.key, call.pod)
         except CniError as exc:
@@ -117,22 +120,35 @@ class Service:
                     allocation.eni_id)
         return self._result(call, allocation, wired)
 
-    def _refuse_wired_again(self, call: AttachCall, held: Allocation) -> None:
-        """CNI spec, ADD: "If an interface of the requested name already exists in the
-        container, the CNI plugin MUST return with an error." Checked before anything
-        changes: wiring again would replace the live interface, and a failed wiring's
-        rollback would release the held address. A held attachment whose interface is not
-        there (an ADD cut short by an agent restart) is wired again, as before."""
-        netns = call.netns or held.pod.netns
+    def _attached_already(self, call: AttachCall, held: Allocation) -> dict | None:
+        """A second ADD of an attachment the agent holds, decided before anything changes
+        (wiring again would replace the pod's live interface, and a failed wiring's rollback
+        would release the address the pod still uses):
+        - its interface is there and CHECK finds it wired: the same result, nothing touched
+          (ADD is idempotent: a retried ADD never cuts a running pod off);
+        - an interface of that name is there but is not this wiring: the spec's "interface
+          already exists" error, naming what differs;
+        - no interface (an ADD cut short by an agent restart): None, wire it again."""
+        spec = self._pod_spec(held, call.netns, call.mtu)
         try:
-            present = link_exists(netns, call.key.ifname)
+            pod_link = find_link(spec.netns, call.key.ifname)
         except DatapathError:  # no such namespace, or not one: the wiring names it
-            return
-        if present:
+            return None
+        if pod_link is None:
+            return None
+        problems = self.datapath.check(spec)
+        if problems:
             raise CniError(Code.DATAPATH_FAILURE, f"interface {call.key.ifname} already"
-                           f" exists in {netns}: container {call.key.container_id} is already"
-                           f" attached to network {call.key.network} with {held.ip} (ADD"
-                           " again without a DEL)")
+                           f" exists in {spec.netns} but is not the wiring of container"
+                           f" {call.key.container_id}'s {held.ip}: {'; '.join(problems)}"
+                           " (DEL the attachment first)")
+        host = find_link(None, spec.host_ifname)
+        wired = WiredPod(host_ifname=spec.host_ifname, pod_mac=pod_link[1],
+                         pod_ifindex=pod_link[0], host_mac=host[1] if host else "")
+        logger.info("attach %s/%s container %s %s again: already wired with %s",
+                    call.pod.namespace, call.pod.name, call.key.container_id,
+                    call.key.ifname, held.ip)
+        return self._result(call, held, wired)
 
     def _rollback(self, allocation: Allocation) -> None:
         logger.warning("attach of %s failed; returning %s", allocation.key.container_id,

@@ -235,12 +235,18 @@ def _pod_link(pod: str, ifname: str) -> dict:
     return {"ifindex": link["ifindex"], "mac": link["address"]}
 
 
-def test_add_of_an_attached_container_fails_and_leaves_it_wired(node, shim_binary,
-                                                                 make_netns):
-    """Spec (ADD): "If an interface of the requested name already exists in the container,
-    the CNI plugin MUST return with an error." A second ADD of the same attachment is
-    refused, and the first one (its interface, its address) stays as it was; DEL then
-    releases it, prints nothing, and succeeds again when repeated."""
+def _held(node: LabNode, cid: str) -> list[tuple[str, str]]:
+    return [(p["ifname"], p["ip"]) for p in query_agent(node.socket_path, "/v1/pods")[1]
+            if p["container_id"] == cid]
+
+
+def test_add_again_answers_the_same_and_never_touches_a_wired_pod(node, shim_binary,
+                                                                   make_netns):
+    """A second ADD of an attachment that is wired returns the first result and leaves the
+    pod's interface as it is (a retried ADD never cuts a running pod off). Once its wiring
+    is damaged, ADD again is the spec's "interface already exists" error naming what
+    differs, and still touches nothing. DEL then releases it, prints nothing, and succeeds
+    again when repeated."""
     pod = make_netns("h4twice")
     cid = "twice" + CID
     env = {**ADD_ENV, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod}",
@@ -250,24 +256,49 @@ def test_add_of_an_attached_container_fails_and_leaves_it_wired(node, shim_binar
     try:
         first = _exec_on_node(node, shim_binary, env, stdin)
         assert first.returncode == 0, first.stdout
-        address = json.loads(first.stdout)["ips"][0]["address"]
+        address = json.loads(first.stdout)["ips"][0]["address"].split("/")[0]
         link = _pod_link(pod, "eth0")
 
         again = _exec_on_node(node, shim_binary, env, stdin)
-        err = _error(again)
-        assert again.returncode != 0, again.stdout
-        assert "eth0" in err["msg"] and "already" in err["msg"], err
-        assert err["cniVersion"] == "1.0.0"
+        assert again.returncode == 0, again.stdout
+        assert json.loads(again.stdout) == json.loads(first.stdout)
         assert _pod_link(pod, "eth0") == link  # not re-created
-        held = [p for p in query_agent(node.socket_path, "/v1/pods")[1]
-                if p["container_id"] == cid]
-        assert [(p["ifname"], p["ip"]) for p in held] == [("eth0", address.split("/")[0])]
+        assert _held(node, cid) == [("eth0", address)]
+
+        subprocess.run(["ip", "-n", node.netns, "rule", "del", "priority", "512", "to",
+                        address], check=True, timeout=30)
+        broken = _exec_on_node(node, shim_binary, env, stdin)
+        err = _error(broken)
+        assert broken.returncode != 0 and err["code"] == 105, broken.stdout
+        assert "eth0 already exists" in err["msg"] and "priority 512" in err["msg"], err
+        assert err["cniVersion"] == "1.0.0"
+        assert _pod_link(pod, "eth0") == link
+        assert _held(node, cid) == [("eth0", address)]
     finally:
         deleted = _exec_on_node(node, shim_binary, del_env, stdin)
     assert (deleted.returncode, deleted.stdout) == (0, b""), deleted.stdout
-    assert cid not in {p["container_id"] for p in query_agent(node.socket_path, "/v1/pods")[1]}
+    assert _held(node, cid) == []
     deleted = _exec_on_node(node, shim_binary, del_env, stdin)
     assert (deleted.returncode, deleted.stdout) == (0, b""), deleted.stdout
+
+
+def test_add_into_a_namespace_whose_interface_name_is_taken_fails_and_holds_nothing(
+        node, shim_binary, make_netns):
+    """Spec (ADD): "If an interface of the requested name already exists in the container,
+    the CNI plugin MUST return with an error." An eth0 that is not ours stays as it was."""
+    pod = make_netns("h4taken")
+    subprocess.run(["ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name",
+                    "other0"], check=True, timeout=30)
+    link = _pod_link(pod, "eth0")
+    cid = "taken" + CID
+    env = {**ADD_ENV, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod}",
+           "CNI_PATH": "/nonexistent"}
+    before = query_agent(node.socket_path, "/v1/pods")[1]
+    proc = _exec_on_node(node, shim_binary, env, conf(node.socket_path))
+    err = _error(proc)
+    assert proc.returncode != 0 and "eth0" in err["msg"], err
+    assert _pod_link(pod, "eth0") == link
+    assert query_agent(node.socket_path, "/v1/pods")[1] == before
 
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])

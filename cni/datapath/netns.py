@@ -17,7 +17,7 @@ Two context managers:
   sockets created for probing.
 
 Both raise ``NetnsMissing`` naming the path when the namespace does not exist; so does
-``link_exists(path, name)``, the one question asked of a namespace without wiring it.
+``find_link(path, name)``, the one question asked of a namespace without wiring it.
 """
 from __future__ import annotations
 
@@ -108,11 +108,15 @@ def open_netns(path: str) -> Iterator[Any]:
         handle.close()
 
 
-def link_exists(path: str, name: str) -> bool:
-    """Whether the namespace at ``path`` has a link called ``name``. ``NetnsMissing`` when
-    the namespace does not exist, ``DatapathError`` when the path is not one."""
+def find_link(path: str | None, name: str) -> tuple[int, str] | None:
+    """(index, MAC) of the link called ``name`` in the namespace at ``path`` (None: the
+    caller's own), or None when there is none. ``NetnsMissing`` when the namespace does
+    not exist, ``DatapathError`` when the path is not one."""
     from cni.datapath.rtnl import RtnlSocket  # imported here: keep this module cheap
-    with entered_netns(path):
-        nl = RtnlSocket()  # bound in the namespace it is created in
+    if path is None:
+        nl = RtnlSocket()
+    else:
+        with entered_netns(path):
+            nl = RtnlSocket()  # bound in the namespace it is created in
     with nl:
-        return nl.link_index(name) is not None
+        return nl.link(name)

@@ -146,6 +146,14 @@ def link_info(payload: bytes) -> tuple[int, int | None]:
     return index, None
 
 
+def link_mac(payload: bytes) -> str:
+    """The IFLA_ADDRESS of an RTM_NEWLINK reply as aa:bb:..., "" when it has none."""
+    for kind, value in _attributes(payload, _IFINFO.size):
+        if kind == IFLA_ADDRESS:
+            return ":".join(f"{b:02x}" for b in value)
+    return ""
+
+
 def _attributes(payload: bytes, offset: int):
     while offset + 4 <= len(payload):
         size, kind = struct.unpack_from("=HH", payload, offset)
@@ -260,11 +268,16 @@ class RtnlSocket:
 
     def link_index(self, name: str) -> int | None:
         """The index of link ``name`` in this namespace, or None."""
+        found = self.link(name)
+        return found[0] if found else None
+
+    def link(self, name: str) -> tuple[int, str] | None:
+        """(index, MAC) of link ``name`` in this namespace, or None."""
         [(code, found)] = self.run([Request(link_get_msg(name), f"looking up link {name}",
                                             ok=(errno.ENODEV,))])
         if code or not found:
             return None
-        return link_info(found[0])[0]
+        return link_info(found[0])[0], link_mac(found[0])
 
 
 def _split(data: bytes):
