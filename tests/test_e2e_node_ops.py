@@ -7,6 +7,8 @@ fake API server served in each node's namespace, the emulated IMDS on 169.254.16
   API stays unreachable from there;
 - node 1: without IMDS and without providerID the agent names the two sources it tried,
   and starts once the metadata service is there;
+- node 0 again, without Kubernetes: the instance from IMDS, or both sources named when
+  there is no metadata service;
 - node 2: install, pods, DEL of all pods, uninstall: the node namespace's iptables, rules,
   routes, link settings, sysctls and files equal the snapshot taken before the install;
   uninstall refuses, changing nothing, while the agent answers or pods are wired."""
@@ -104,6 +106,33 @@ def test_without_imds_and_provider_id_both_sources_are_named(kube):
     cluster.serve_imds(node)  # the agent asks again and starts
     cluster.wait_agent_ready(node, timeout=30)
     assert f"identity now instance {node.instance_id}" in log_of(cluster, node)
+
+
+def test_without_kubernetes_the_instance_comes_from_imds_or_both_sources_are_named(kube):
+    """An agent run without Kubernetes (kubernetes "off") and no instance_id finds its
+    instance through the node's metadata service; without that service it stops, naming
+    both sources it tried, having changed nothing in the cloud."""
+    cluster = kube.cluster
+    node = cluster.nodes[0]
+    cluster.stop_agent(node)
+    no_kube = {"kubernetes": "off", "instance_id": ""}
+    cluster.run_agent(node, no_kube)
+    assert f"instance {node.instance_id} (" in log_of(cluster, node), log_of(cluster, node)[-2000:]
+    cluster.stop_agent(node)
+
+    cluster.stop_imds(node)
+    try:
+        calls = cluster.cloud.control.call_counts()
+        agent = cluster.run_agent(node, no_kube, wait_ready=False)
+        assert agent.process.wait(timeout=30) != 0
+        tried = ("no instance id: (1) instance_id is not configured (nor UNDERLAY_INSTANCE_ID);"
+                 " (2) the instance metadata service at http://169.254.169.254 did not answer")
+        assert tried in log_of(cluster, node), log_of(cluster, node)[-2000:]
+        mutating = {k: v for k, v in cluster.cloud.control.call_counts().items()
+                    if not k.startswith("Describe")}
+        assert mutating == {k: v for k, v in calls.items() if not k.startswith("Describe")}
+    finally:
+        cluster.serve_imds(node)
 
 
 # ---- uninstall --------------------------------------------------------------------------
