@@ -17,7 +17,7 @@ from tests.vm.runner import VmBootError, extract_vmlinux, find_kernel, run_vm
 
 REPO = Path(__file__).resolve().parent.parent
 IN_VM_TESTS = "tests/vm/test_ipvlan_in_vm.py"
-EXPECTED_IN_VM_TESTS = 6
+EXPECTED_IN_VM_TESTS = 7
 VM_TIMEOUT = 480
 
 pytestmark = pytest.mark.timeout(VM_TIMEOUT + 60)

@@ -21,7 +21,9 @@ import pytest
 
 from cni.datapath import DatapathError, EniLink, NetnsMissing, PodSpec
 from cni.datapath.eni import ensure_eni
+from cni.datapath.hostclean import remove_host_changes
 from cni.datapath.ipvlan import (
+    IpvlanDatapath,
     check_pod_ipvlan,
     remove_host_slave,
     setup_pod_ipvlan,
@@ -247,3 +249,42 @@ def test_concurrent_setups_share_one_host_slave(lab: Lab):
         for pod in pods:
             lab.on_node(teardown_pod_ipvlan, pod)
         lab.on_node(remove_host_slave, ENI)
+
+
+def node_snapshot(lab: Lab) -> dict[str, str]:
+    """The node namespace as uninstall must leave it: links (name, kind, flags, MTU),
+    rules, routes of every table, the sysctls the agent writes."""
+    return {
+        "links": sh("ip", "-n", lab.node, "-d", "-o", "link").stdout,
+        "rules": sh("ip", "-n", lab.node, "rule").stdout,
+        "routes": sh("ip", "-n", lab.node, "route", "show", "table", "all").stdout,
+        "sysctls": in_ns(lab.node, "sh", "-c", "cat /proc/sys/net/ipv4/ip_forward "
+                         "/proc/sys/net/ipv4/conf/eth1/rp_filter").stdout,
+    }
+
+
+def test_uninstall_puts_the_node_back_after_ipvlan_pods(lab: Lab, tmp_path):
+    """The agent's ipvlan mode with its host record, as on a node: host prepared, ENI
+    ensured, a pod wired and deleted (the ENI's host slave stays with the ENI); then the
+    uninstall's clean-up removes the host slave and the ENI's table and restores what the
+    record noted: the node equals its snapshot from before the agent."""
+    sh("ip", "-n", lab.node, "route", "flush", "table", str(ENI.table))  # before any agent
+    before = node_snapshot(lab)
+    record = str(tmp_path / "host-network.json")
+    datapath = IpvlanDatapath(record_path=record)
+    pod = lab.pod("a", "10.0.1.5")
+    try:
+        lab.on_node(datapath.prepare_host, None)
+        lab.on_node(datapath.ensure_eni, ENI)
+        lab.on_node(datapath.setup, pod)
+        assert ping(lab.pods["a"], "10.0.1.1")
+        lab.on_node(datapath.teardown, pod)
+        assert "ipvl1" in sh("ip", "-n", lab.node, "-o", "link").stdout
+        done = lab.on_node(remove_host_changes, record)
+        assert any("ipvl1" in line for line in done), done
+        assert node_snapshot(lab) == before
+        assert not os.path.exists(record)
+    finally:
+        lab.on_node(teardown_pod_ipvlan, pod)
+        lab.on_node(remove_host_slave, ENI)
+        lab.on_node(ensure_eni, ENI)  # the fixture's state again
