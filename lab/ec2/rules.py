@@ -29,6 +29,7 @@ from lab.ec2.address_rules import (
 )
 from lab.ec2.addresses import AddressAllocator
 from lab.ec2.describe import check_describe_network_interfaces
+from lab.ec2.ids import check_id_formats
 from lab.ec2.limits import limits_for
 from lab.ec2.lookups import RuleContext, Verdict, find_eni, find_instance, require
 from lab.ec2.prefix_rules import (
@@ -50,6 +51,7 @@ __all__ = ["AddressAllocator", "RuleContext", "Verdict", "check_request"]
 
 
 def check_request(request: ApiRequest, context: RuleContext) -> Verdict:
+    check_id_formats(request)
     handler = HANDLERS.get(request.action)
     return handler(request, context) if handler else Verdict()
 
