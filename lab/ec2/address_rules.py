@@ -20,7 +20,7 @@ from typing import Any
 
 from lab.ec2.addresses import allocate_free, check_requested
 from lab.ec2.limits import limits_for
-from lab.ec2.lookups import RuleContext, Verdict, find_eni, find_subnet, require
+from lab.ec2.lookups import RuleContext, Verdict, check_groups, find_eni, find_subnet, require
 from lab.ec2.prefix_rules import (
     PrefixAsk,
     adopt_created_prefixes,
@@ -89,6 +89,7 @@ def check_create_combination(request: ApiRequest, ask: PrefixAsk, listed: list[d
 
 def check_create_network_interface(request: ApiRequest, context: RuleContext) -> Verdict:
     subnet = find_subnet(context, require(request, "SubnetId"))
+    check_groups(context, request.indexed("SecurityGroupId"), subnet.vpc_id)
     ask = read_prefix_ask(request, nested=True)
     listed = request.members("PrivateIpAddresses")
     count = parse_count(request, "SecondaryPrivateIpAddressCount")

@@ -59,3 +59,14 @@ def find_subnet(context: RuleContext, subnet_id: str) -> Any:
         if subnet.id == subnet_id:
             return subnet
     raise Refusal("InvalidSubnetID.NotFound", f"The subnet ID '{subnet_id}' does not exist")
+
+
+def check_groups(context: RuleContext, group_ids: list[str], vpc_id: str) -> None:
+    """Each security group must exist in ``vpc_id``: EC2's error codes list
+    InvalidGroup.NotFound for a group that does not exist or is in another VPC than the
+    request (moto takes any group id)."""
+    for group_id in group_ids:
+        group = context.backend.get_security_group_from_id(group_id)
+        if group is None or group.vpc_id != vpc_id:
+            raise Refusal("InvalidGroup.NotFound",
+                          f"The security group '{group_id}' does not exist in VPC '{vpc_id}'")

@@ -7,6 +7,8 @@ are reservations.py's; this module dispatches and holds the rules of attachments
 instances' ENIs, subnets and route tables.
 
 Choices where EC2's exact behaviour is not documented:
+- an ENI and an instance in different Availability Zones (the user guide: both must be in
+  the same zone) is InvalidParameterValue, as is one in another VPC;
 - an ENI using more address slots (addresses and prefixes) than the instance type allows
   per ENI cannot be attached: AttachmentLimitExceeded (naming the counts and the limit);
   an ENI holding prefixes cannot be attached to a type that is not Nitro;
@@ -28,9 +30,11 @@ from lab.ec2.address_rules import (
     check_unassign_private_ip_addresses,
 )
 from lab.ec2.addresses import AddressAllocator
-from lab.ec2.describe import check_describe_network_interfaces
+from lab.ec2.describe import check_describe_instances, check_describe_network_interfaces
+from lab.ec2.ids import check_id_formats
+from lab.ec2.paging import chain, page_rewrite
 from lab.ec2.limits import limits_for
-from lab.ec2.lookups import RuleContext, Verdict, find_eni, find_instance, require
+from lab.ec2.lookups import RuleContext, Verdict, check_groups, find_eni, find_instance, require
 from lab.ec2.prefix_rules import (
     attach_slot_refusal,
     check_nitro,
@@ -46,10 +50,13 @@ from lab.ec2.wire import ApiRequest, Refusal
 
 logger = logging.getLogger(__name__)
 
+MAX_RESULTS = range(5, 1001)  # DescribeNetworkInterfaces, DescribeSubnets
+
 __all__ = ["AddressAllocator", "RuleContext", "Verdict", "check_request"]
 
 
 def check_request(request: ApiRequest, context: RuleContext) -> Verdict:
+    check_id_formats(request)
     handler = HANDLERS.get(request.action)
     return handler(request, context) if handler else Verdict()
 
@@ -76,6 +83,11 @@ def check_attach_network_interface(request: ApiRequest, context: RuleContext) ->
     if eni.subnet.vpc_id != instance_vpc:
         raise Refusal("InvalidParameterValue",
                       f"Interface {eni.id} and instance {instance.id} are in different VPCs")
+    if eni.subnet.availability_zone != instance.availability_zone:
+        raise Refusal("InvalidParameterValue",
+                      f"Interface {eni.id} (availability zone {eni.subnet.availability_zone}) "
+                      f"and instance {instance.id} (availability zone "
+                      f"{instance.availability_zone}) are not in the same availability zone")
     if device_index in instance.nics:
         raise Refusal("InvalidParameterValue",
                       f"Instance '{instance.id}' already has an interface attached at device "
@@ -118,6 +130,7 @@ def check_delete_network_interface(request: ApiRequest, context: RuleContext) ->
 def check_modify_network_interface_attribute(request: ApiRequest,
                                              context: RuleContext) -> Verdict:
     eni = find_eni(context, require(request, "NetworkInterfaceId"))
+    check_groups(context, request.indexed("SecurityGroupId"), eni.subnet.vpc_id)
     if not request.has_prefix("Attachment"):
         return Verdict()
     attachment_id = require(request, "Attachment.AttachmentId")
@@ -137,8 +150,20 @@ def check_modify_network_interface_attribute(request: ApiRequest,
 def check_describe_subnets(request: ApiRequest, context: RuleContext) -> Verdict:
     subnets = {subnet.id: subnet for subnet in iterate_subnets(context.backend)}
     counts_prefixes = context.enforces("prefix-blocks")
-    return Verdict(after=lambda body: rewrite_free_counts(body, context.backend, subnets,
-                                                          counts_prefixes))
+    paging = page_rewrite(request, "subnetSet", MAX_RESULTS, None)
+    return Verdict(after=chain(lambda body: rewrite_free_counts(body, context.backend, subnets,
+                                                                counts_prefixes), paging))
+
+
+def check_describe_enis(request: ApiRequest, context: RuleContext) -> Verdict:
+    paging = page_rewrite(request, "networkInterfaceSet", MAX_RESULTS, "NetworkInterfaceId")
+    return Verdict(params=check_describe_network_interfaces(request, context.backend),
+                   after=paging)
+
+
+
+def check_describe_instance_types(request: ApiRequest, context: RuleContext) -> Verdict:
+    return Verdict(after=page_rewrite(request, "instanceTypeSet", range(5, 101), None))
 
 
 # --- route tables --------------------------------------------------------------------------
@@ -200,6 +225,7 @@ HANDLERS: dict[str, Callable[[ApiRequest, RuleContext], Verdict]] = {
     "CreateRoute": check_create_route,
     "ReplaceRoute": check_route_change,
     "DeleteRoute": check_route_change,
-    "DescribeNetworkInterfaces": lambda r, c: Verdict(
-        params=check_describe_network_interfaces(r, c.backend)),
+    "DescribeNetworkInterfaces": check_describe_enis,
+    "DescribeInstanceTypes": check_describe_instance_types,
+    "DescribeInstances": lambda r, c: Verdict(params=check_describe_instances(r, c.backend)),
 }
