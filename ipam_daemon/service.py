@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cni.datapath import DatapathError, PodSpec
+from cni.datapath import DatapathError, PodSpec, WiredPod
 from cni.datapath.base import Datapath, ResultShape
-from cni.datapath import WiredPod
 from cni.datapath.netns import find_link
 from cni.spec import Code, CniError
 
