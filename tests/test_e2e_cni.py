@@ -218,6 +218,12 @@ def test_snat_applies_to_off_vpc_destinations_only(cluster: Cluster, pods: list[
     assert probe_source_outside(pods[0].netns, b.netns, pods[0].ip, 8082, 10.0) == b.ip
 
 
+def link_mac(netns: str, link: str) -> str:
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", link],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return json.loads(out)[0]["address"]
+
+
 def test_the_add_result_names_both_veth_ends_with_their_macs(cluster: Cluster,
                                                             pods: list[Pod]) -> None:
     """The result lists the host end (no sandbox) and the pod's interface (its sandbox),
@@ -226,16 +232,26 @@ def test_the_add_result_names_both_veth_ends_with_their_macs(cluster: Cluster,
     pod = cluster.add_pod(node0, "macs")
     pods.append(pod)
     host, inside = pod.result["interfaces"]
-
-    def mac(netns: str, link: str) -> str:
-        out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", link],
-                             capture_output=True, text=True, check=True, timeout=30).stdout
-        return json.loads(out)[0]["address"]
-
-    assert "sandbox" not in host and host["mac"] == mac(node0.netns, host["name"])
+    assert "sandbox" not in host and host["mac"] == link_mac(node0.netns, host["name"])
     assert inside["name"] == pod.ifname and inside["sandbox"] == pod.netns_path
-    assert inside["mac"] == mac(pod.netns, pod.ifname)
+    assert inside["mac"] == link_mac(pod.netns, pod.ifname)
     assert pod.result["ips"][0]["interface"] == 1
+
+
+def test_add_again_through_libcni_answers_the_same_and_keeps_the_pod(cluster: Cluster,
+                                                                   pods: list[Pod]) -> None:
+    """libcni ADD of a pod that is already wired: the same result, the same single
+    allocation, the pod's interface untouched and its packets flowing."""
+    node0 = cluster.nodes[0]
+    pod = cluster.add_pod(node0, "again")
+    pods.append(pod)
+    before = link_mac(pod.netns, pod.ifname), pods_of(cluster, node0)[pod.container_id]
+    again = libcni(cluster, pod, "add")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout) == pod.result
+    assert (link_mac(pod.netns, pod.ifname), pods_of(cluster, node0)[pod.container_id]) \
+        == before
+    assert reachable(cluster, pod, node0.primary_ip)
 
 
 def test_del_leaves_nothing_behind_and_a_second_del_succeeds(cluster: Cluster,
