@@ -102,7 +102,9 @@ def test_without_imds_and_provider_id_both_sources_are_named(kube):
              "empty; (2) the instance metadata service at http://169.254.169.254 did not answer"
              " PUT /latest/api/token")
     assert wait_until(lambda: tried in log_of(cluster, node), 20), log_of(cluster, node)[-2000:]
-    assert "waiting for an instance id" in log_of(cluster, node)
+    # logged just after the line above, by the agent's next statement: wait for it too
+    assert wait_until(lambda: "waiting for an instance id" in log_of(cluster, node), 10), \
+        log_of(cluster, node)[-2000:]
     cluster.serve_imds(node)  # the agent asks again and starts
     cluster.wait_agent_ready(node, timeout=30)
     assert f"identity now instance {node.instance_id}" in log_of(cluster, node)
