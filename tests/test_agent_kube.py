@@ -91,7 +91,8 @@ def test_identity_override_and_pod_gc_across_a_restart(apiserver, emulator, cont
         return {p["name"] for p in body}
 
     wait_for(lambda: pods() == {"keep"}, 15, "the pod GC to release gone-a and gone-b")
-    assert "pod GC: released" in agent.log_tail(400)
+    # logged just after each release: wait for it rather than read the log once
+    wait_for(lambda: "pod GC: released" in agent.log_tail(400), 10, "the pod GC's log line")
     # a pod deleted while the agent runs goes the same way; the live one stays
     apiserver.delete("pods", "keep", "default")
     wait_for(lambda: pods() == set(), 15, "the pod GC to release keep")
