@@ -59,21 +59,30 @@ def page_rewrite(request: ApiRequest, list_tag: str, allowed: range,
 
     def page(body: bytes) -> bytes:
         root, tag = parse_answer(body)
-        listed = root.find(tag(list_tag))
-        items = [] if listed is None else listed.findall(tag("item"))
-        if start > len(items):
-            raise Refusal("InvalidNextToken",
-                          f"The specified NextToken '{start}' is not valid or has expired")
-        for index, item in enumerate(items):
-            if not start <= index < start + size:
-                listed.remove(item)
-        for old in root.findall(tag("nextToken")):
-            root.remove(old)
-        if start + size < len(items):
-            ET.SubElement(root, tag("nextToken")).text = str(start + size)
-        return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
+        items = [(listed, item) for listed in root.findall(tag(list_tag))
+                 for item in listed.findall(tag("item"))]
+        return cut_to_page(root, tag, items, start, size, "InvalidNextToken",
+                           f"The specified NextToken '{start}' is not valid or has expired")
 
     return page
+
+
+def cut_to_page(root: ET.Element, tag: Callable[[str], str],
+                items: list[tuple[ET.Element, ET.Element]], start: int, size: int,
+                code: str, message: str) -> bytes:
+    """The answer with only ``items[start:start + size]`` kept (each item with the list it
+    sits in), and a nextToken (the next page's first index) when more follow; ``code`` and
+    ``message`` refuse a start past the end."""
+    if start > len(items):
+        raise Refusal(code, message)
+    for index, (listed, item) in enumerate(items):
+        if not start <= index < start + size:
+            listed.remove(item)
+    for old in root.findall(tag("nextToken")):
+        root.remove(old)
+    if start + size < len(items):
+        ET.SubElement(root, tag("nextToken")).text = str(start + size)
+    return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 def chain(*rewrites: Rewrite | None) -> Rewrite | None:

@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from lab.ec2.lookups import RuleContext, Verdict, find_subnet, require
+from lab.ec2.paging import cut_to_page
 from lab.ec2.wire import ApiRequest, Refusal, parse_answer, parse_count
 
 logger = logging.getLogger(__name__)
@@ -107,16 +108,7 @@ def check_get_subnet_cidr_reservations(request: ApiRequest, context: RuleContext
         root, tag = parse_answer(body)
         items = [(listed, item) for name in LISTS for listed in root.findall(tag(name))
                  for item in listed.findall(tag("item"))]
-        if start > len(items):
-            raise Refusal("InvalidPaginationToken",
-                          f"The pagination token {token!r} is not valid or has expired")
-        for index, (listed, item) in enumerate(items):
-            if not start <= index < start + size:
-                listed.remove(item)
-        for old in root.findall(tag("nextToken")):
-            root.remove(old)
-        if start + size < len(items):
-            ET.SubElement(root, tag("nextToken")).text = str(start + size)
-        return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
+        return cut_to_page(root, tag, items, start, size, "InvalidPaginationToken",
+                           f"The pagination token {token!r} is not valid or has expired")
 
     return Verdict(after=page)
