@@ -46,7 +46,7 @@ from lab.ec2.reservations import (
     check_get_subnet_cidr_reservations,
 )
 from lab.ec2.snapshot import eni_prefixes, iterate_subnets
-from lab.ec2.wire import ApiRequest, Refusal
+from lab.ec2.wire import ApiRequest, Refusal, parse_count
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,8 @@ def check_request(request: ApiRequest, context: RuleContext) -> Verdict:
 def check_attach_network_interface(request: ApiRequest, context: RuleContext) -> Verdict:
     eni = find_eni(context, require(request, "NetworkInterfaceId"))
     instance = find_instance(context, require(request, "InstanceId"))
-    raw_index = require(request, "DeviceIndex")
-    try:
-        device_index = int(raw_index)
-    except ValueError:
-        raise Refusal("InvalidParameterValue", f"Invalid device index {raw_index!r}") from None
-    if device_index < 0:
-        raise Refusal("InvalidParameterValue", f"Invalid device index {device_index}")
+    require(request, "DeviceIndex")
+    device_index = parse_count(request, "DeviceIndex")
     if instance.state not in ("running", "stopped", "pending", "stopping"):
         raise Refusal("IncorrectInstanceState",
                       f"The instance '{instance.id}' is not in a state to attach interfaces "
